@@ -84,14 +84,15 @@ class _RequestSeries:
         self._latency = REQUEST_LATENCY.labels(model, api, entrypoint)
         self._counts: dict[StatusCode, object] = {}
 
-    def done(self, code: StatusCode, started: float) -> float:
-        """Count one finished request; returns its duration in seconds."""
+    def done(self, code: StatusCode, started: float, requests: int = 1) -> float:
+        """Count finished requests (that all started at `started`); returns their duration in seconds."""
         seconds = time.perf_counter() - started
-        self._latency.observe(seconds * 1e6)
+        for _ in range(requests):
+            self._latency.observe(seconds * 1e6)
         count = self._counts.get(code)
         if count is None:
             count = self._counts[code] = REQUEST_COUNT.labels(self._model, code.name)
-        count.inc()
+        count.inc(requests)
         return seconds
 
 
@@ -106,9 +107,9 @@ def request_series(entrypoint: str, api: str, model: str) -> _RequestSeries:
     return series
 
 
-def rejected(reason: str) -> None:
-    """Count one request refused by a limit or by authentication (rare: no pre-binding)."""
-    REJECTED.labels(reason).inc()
+def rejected(reason: str, requests: int = 1) -> None:
+    """Count requests refused by a limit or by authentication (rare: no pre-binding)."""
+    REJECTED.labels(reason).inc(requests)
 
 
 class _ModelSeries:
@@ -121,15 +122,16 @@ class _ModelSeries:
         self._counts: dict[StatusCode, object] = {}
         self._runtime = RUNTIME_LATENCY.labels(model, api, "TF")
 
-    def count(self, code: StatusCode) -> None:
+    def count(self, code: StatusCode, requests: int = 1) -> None:
         child = self._counts.get(code)
         if child is None:
             child = self._counts[code] = MODEL_REQUESTS.labels(*self._labels, code.name)
-        child.inc()
+        child.inc(requests)
 
-    def ran(self, seconds: float) -> None:
+    def ran(self, seconds: float, requests: int = 1) -> None:
         """Time from handing the inputs to the executor until the outputs came back."""
-        self._runtime.observe(seconds * 1e6)
+        for _ in range(requests):
+            self._runtime.observe(seconds * 1e6)
 
 
 _model_series: dict[tuple[str, int, str, str], _ModelSeries] = {}
@@ -174,10 +176,10 @@ class _NoSeries:
 
     __slots__ = ()
 
-    def done(self, code: StatusCode, started: float) -> float:
+    def done(self, code: StatusCode, started: float, requests: int = 1) -> float:
         return time.perf_counter() - started
 
-    def count(self, code: StatusCode) -> None:
+    def count(self, code: StatusCode, requests: int = 1) -> None:
         pass
 
     def ran(self, *times: float) -> None:

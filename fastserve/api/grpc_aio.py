@@ -12,7 +12,7 @@ from grpc import aio
 from grpc_reflection.v1alpha import reflection
 
 from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, method_table
-from fastserve.api.tf_serving import TFServingService
+from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
 from fastserve.tls import SSLConfig, grpc_credentials
 
@@ -46,7 +46,7 @@ class GrpcServer:
     """grpc.aio server on a dedicated thread and event loop."""
 
     def __init__(
-        self, service: TFServingService, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
+        self, service: Services, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None,
     ):
         self._service = service

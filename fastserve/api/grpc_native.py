@@ -19,7 +19,8 @@ import uvloop
 from grpc import StatusCode
 
 from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, method_table
-from fastserve.api.tf_serving import TFServingService
+from fastserve.api.predict_groups import PREDICT, PredictGroups
+from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
 from fastserve.tls import SSLConfig
 
@@ -62,11 +63,12 @@ class NativeGrpcServer:
     """Same interface as grpc_aio.GrpcServer: start(), bound, stop(grace)."""
 
     def __init__(
-        self, service: TFServingService, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
+        self, service: Services, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
         self._methods: dict[str, Method] = method_table(service.grpc_methods(), auth, is_served)
+        self._groups = PredictGroups(service.tf_serving, self._methods[PREDICT], self._reply)
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
         self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls)
@@ -108,7 +110,7 @@ class NativeGrpcServer:
     def _take(self) -> None:
         """Every call (and cancellation) waiting in C++, in one go."""
         calls, cancelled = self._transport.take()
-        for call_id, path, payload, metadata, timeout in calls:
+        for call_id, path, payload, metadata, timeout in self._groups.serve(calls):
             task = self._loop.create_task(self._serve(path, payload, metadata, timeout))
             # A done callback, not the coroutine, answers: a task cancelled before it
             # started never runs its body, and its call must be answered all the same.
@@ -128,9 +130,12 @@ class NativeGrpcServer:
     def _answer(self, call_id: int, task: asyncio.Task) -> None:
         del self._tasks[call_id]
         outcome = _CANCELLED if task.cancelled() else task.result()
+        self._reply([(call_id, outcome.code.value[0], outcome.message, outcome.payload)])
+
+    def _reply(self, replies: list[tuple]) -> None:
         if not self._replies:
             self._loop.call_soon(self._flush)
-        self._replies.append((call_id, outcome.code.value[0], outcome.message, outcome.payload))
+        self._replies.extend(replies)
 
     def _flush(self) -> None:
         """Send this loop iteration's answers to C++ in one call."""

@@ -11,9 +11,10 @@ from fastserve import protos
 
 
 class Services:
-    def __init__(self, registry, *services):
+    def __init__(self, registry, tf_serving, *others):
         self.registry = registry
-        self._services = services
+        self.tf_serving = tf_serving  # TFServingService: the native transport serves its Predict calls in groups
+        self._services = (tf_serving, *others)
 
     def grpc_methods(self) -> dict:
         methods = {}

@@ -97,7 +97,8 @@ class BatchQueue:
 
     # ------------------------------------------------------------ event loop side
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, output_keys: tuple[str, ...]) -> asyncio.Future:
+    def submit(self, inputs: dict[str, np.ndarray], rows: int, output_keys: tuple[str, ...], requests: int = 1) -> asyncio.Future:
+        """Queue one task of `rows` rows (the rows of `requests` requests, for the metrics)."""
         if rows > self.config.max_batch_size:
             raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {self.config.max_batch_size}")
         inputs = {k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in inputs.items()}
@@ -106,7 +107,7 @@ class BatchQueue:
         self._servable.hold()  # released when the task's last rows have run
         if self._closed or not self._queue.push(task, rows):
             self._servable.release()
-            metrics.rejected("queue_full")
+            metrics.rejected("queue_full", requests)
             raise ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
         if self._sleeping and self._queue.rows >= self._wake_rows:
             self._wake.set()  # not on every push: a forming batch waits until it can fill or times out
@@ -339,12 +340,19 @@ class Scheduler:
     async def run(
         self, handle: ServableHandle, signature: Signature, inputs: dict[str, np.ndarray], output_keys: tuple[str, ...]
     ) -> dict[str, np.ndarray]:
-        config = self._batching.get(handle.name)
-        rows = _batch_rows(inputs) if config is not None else 0
+        queue = self.batch_queue(handle, signature)
+        rows = _batch_rows(inputs) if queue is not None else 0
         if not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
             return await self._plain.run(handle, signature, inputs, output_keys)
-        queue = self._queues.get((handle.servable, signature.key)) or self._open(handle.servable, signature, config)
         return await queue.submit(inputs, rows, output_keys)
+
+    def batch_queue(self, handle: ServableHandle, signature: Signature) -> BatchQueue | None:
+        """The queue of a batched model's version x signature; None when the model is not batched."""
+        queue = self._queues.get((handle.servable, signature.key))
+        if queue is not None:
+            return queue
+        config = self._batching.get(handle.name)
+        return None if config is None else self._open(handle.servable, signature, config)
 
     def _open(self, servable: ServableVersion, signature: Signature, config: BatchingConfig) -> BatchQueue:
         with self._lock:
