@@ -42,3 +42,7 @@ def check_elements(inputs: dict, limit: int) -> None:
                 f"request has {total} input tensor elements, more than the limit of {limit} (max_tensor_elements)",
                 http_status=413,
             )
+
+
+def rest_timeout_message(timeout_s: float) -> str:
+    return f"Deadline exceeded: the request took longer than rest_api_timeout_in_ms={int(timeout_s * 1000)}"

@@ -5,6 +5,7 @@ Requests on one connection are handled concurrently; responses go out in order
 (HTTP pipelining). The application is one coroutine: app(request) -> Response.
 """
 import asyncio
+import functools
 import logging
 import ssl
 from dataclasses import dataclass
@@ -149,22 +150,30 @@ class _Connection(asyncio.Protocol):
         future.set_result(self._on_error(status, message))
         return future
 
-    def _enqueue(self, response: Awaitable[Response], keep_alive: bool):
+    def _enqueue(self, response: asyncio.Future, keep_alive: bool):
         self._in_flight.add()
         previous = self._last_write
-        self._last_write = asyncio.ensure_future(self._write_after(previous, response, keep_alive))
+        if previous is None or previous.done():
+            # Nothing ahead of it on this connection: write it from its done callback (no task).
+            self._last_write = response
+            response.add_done_callback(functools.partial(self._write_done, keep_alive))
+        else:  # pipelined behind an unanswered request: keep the order
+            self._last_write = asyncio.ensure_future(self._write_after(previous, response, keep_alive))
 
-    async def _write_after(self, previous, response, keep_alive: bool):
+    async def _write_after(self, previous: asyncio.Future, response: asyncio.Future, keep_alive: bool):
+        await asyncio.wait((previous,))  # its outcome is its own; only its turn matters here
+        await asyncio.wait((response,))
+        self._write_done(keep_alive, response)
+
+    def _write_done(self, keep_alive: bool, response: asyncio.Future):
         try:
-            if previous is not None:
-                await previous
+            if response.cancelled() or self._closing or self._transport.is_closing():
+                return  # the server is stopping, or no one is left to read it
             try:
-                result = await response
+                result = response.result()
             except Exception as exc:  # noqa: BLE001 - the app maps its errors; this is a bug
-                log.exception("unhandled error in an HTTP handler")
+                log.error("unhandled error in an HTTP handler", exc_info=exc)
                 result = self._on_error(500, f"internal error: {type(exc).__name__}: {exc}")
-            if self._closing or self._transport.is_closing():
-                return
             self._transport.write(encode_response(result, keep_alive))
             if not keep_alive:
                 self._closing = True

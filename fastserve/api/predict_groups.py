@@ -25,15 +25,14 @@ from google.protobuf.message import DecodeError
 from grpc import StatusCode
 from tensorflow_serving.apis import predict_pb2
 
-from fastserve import limits, metrics
+from fastserve import limits
 from fastserve.api.grpc_calls import Method, authorization
+from fastserve.api.request_groups import GroupSeries, batch_rows, submit
 from fastserve.codec import tensor_proto
 from fastserve.errors import ServingError
-from fastserve.logs import request_log
 from fastserve.servables.signature import DEFAULT_SIGNATURE
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
-_IN_FLIGHT = metrics.IN_FLIGHT.labels("GRPC")
 
 
 class PredictGroups:
@@ -80,7 +79,7 @@ class PredictGroups:
         return key, inputs
 
     def _submit(self, key: tuple, members: list, started: float) -> bool:
-        """Queue a group's rows, max_batch_size at most per task; False: leave it to the per-call path."""
+        """Queue a group's rows; False: leave the whole group to the per-call path."""
         name, choice, version, signature_key, output_filter, _ = key
         first = members[0][1]
         try:
@@ -91,7 +90,7 @@ class PredictGroups:
         with handle:  # each queued task holds the version itself
             signature = handle.model.signatures.get(signature_key)
             queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
-            rows = _rows(first)
+            rows = batch_rows(first)
             if queue is None or not rows or rows > queue.config.max_batch_size:
                 return False
             try:
@@ -102,65 +101,22 @@ class PredictGroups:
                 return False
             spec = predict_pb2.PredictResponse()
             self._service.resolved_spec(handle, signature_key, spec.model_spec)
-            answer = _Answer(self._respond, handle.name, handle.version, signature_key, rows, spec.SerializeToString(), started)
-            per_task = queue.config.max_batch_size // rows
-            for at in range(0, len(members), per_task):
-                chunk = [call[0] for call, _ in members[at : at + per_task]]
-                arrays = [inputs for _, inputs in members[at : at + per_task]]
-                inputs = {k: np.concatenate([a[k] for a in arrays]) if len(arrays) > 1 else arrays[0][k] for k in first}
-                _IN_FLIGHT.inc(len(chunk))
-                try:
-                    future = queue.submit(inputs, rows * len(chunk), output_keys, len(chunk))
-                except ServingError as exc:  # queue full: the same answer the per-call path gives
-                    answer.fail(chunk, exc.code, exc.message)
-                    continue
-                future.add_done_callback(functools.partial(answer, chunk))
+            calls = [call[0] for call, _ in members]
+            series = GroupSeries("GRPC", handle.name, handle.version, signature_key, started, len(calls))
+            answer = functools.partial(self._answer, calls, rows, spec.SerializeToString(), series)
+            submit(queue, [inputs for _, inputs in members], rows, output_keys, answer)
         return True
 
-
-def _rows(inputs: dict[str, np.ndarray]) -> int:
-    """The batch size the inputs agree on; 0 when they have none (the per-call path explains why)."""
-    sizes = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
-    return sizes.pop() if len(sizes) == 1 and -1 not in sizes else 0
-
-
-class _Answer:
-    """Answers the chunks of one group once their batches have run."""
-
-    def __init__(self, respond, model: str, version: int, signature: str, rows: int, spec: bytes, started: float):
-        self._respond = respond
-        self._model = model
-        self._series = metrics.model_series(model, version, signature, "Predict")
-        self._rows = rows
-        self._spec = spec
-        self._started = started
-
-    def __call__(self, chunk: list[int], future) -> None:
-        if future.cancelled():
-            self.fail(chunk, StatusCode.CANCELLED, "Cancelled")
-            return
-        error = future.exception()
+    def _answer(self, calls: list[int], rows: int, spec: bytes, series: GroupSeries,
+                indices: range, outputs: dict | None, error: ServingError | None) -> None:
+        ids = calls[indices.start : indices.stop]
         if error is not None:
-            code, message = (error.code, error.message) if isinstance(error, ServingError) else (
-                StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
-            self.fail(chunk, code, message)
+            self._respond([(call_id, error.code.value[0], error.message, None) for call_id in ids])
+            series.finish(error.code, len(ids))
             return
-        payloads = _responses(future.result(), self._rows, len(chunk), self._spec)
-        self._respond([(call_id, 0, "", payload) for call_id, payload in zip(chunk, payloads)])
-        self._series.count(StatusCode.OK, len(chunk))
-        self._series.ran(time.perf_counter() - self._started, len(chunk))
-        self._finish(chunk, StatusCode.OK)
-
-    def fail(self, chunk: list[int], code: StatusCode, message: str) -> None:
-        self._respond([(call_id, code.value[0], message, None) for call_id in chunk])
-        self._series.count(code, len(chunk))
-        self._finish(chunk, code)
-
-    def _finish(self, chunk: list[int], code: StatusCode) -> None:
-        _IN_FLIGHT.dec(len(chunk))
-        seconds = metrics.request_series("GRPC", "Predict", self._model).done(code, self._started, len(chunk))
-        for _ in chunk:
-            request_log.record("GRPC", "Predict", self._model, code, seconds)
+        payloads = _responses(outputs, rows, len(ids), spec)
+        self._respond([(call_id, 0, "", payload) for call_id, payload in zip(ids, payloads)])
+        series.finish(StatusCode.OK, len(ids))
 
 
 def _responses(outputs: dict[str, np.ndarray], rows: int, calls: int, spec: bytes) -> list[bytes]:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import time
+from typing import Awaitable
 from urllib.parse import unquote
 
 import orjson
@@ -21,6 +22,7 @@ from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, 
 
 from fastserve import limits, metrics
 from fastserve.api.http import Request, Response
+from fastserve.api.rest_groups import RestGroups
 from fastserve.api.v2_rest import V2Rest
 from fastserve.auth import TokenAuth
 from fastserve.logs import request_log
@@ -63,8 +65,19 @@ class RestApi:
         self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self._auth = auth if auth is not None and auth.enabled else None
         self._v2 = v2  # the Open Inference Protocol's /v2 routes
+        # Predict on batched models in groups; with tokens on, every request takes the checked path.
+        self._groups = None if self._auth else RestGroups(service, self._timeout, error_response)
 
-    async def __call__(self, request: Request) -> Response:
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        if self._groups is not None and request.method == "POST":
+            match = _POST_RE.fullmatch(request.path)
+            if match and match.group(4).lower() == "predict":
+                response = self._groups.predict(*match.group(1, 2, 3), request.body)
+                if response is not None:
+                    return response
+        return self._serve(request)
+
+    async def _serve(self, request: Request) -> Response:
         if request.method == "GET" and request.path in self._metrics_paths:
             return self._scrape(request)
         started = time.perf_counter()
@@ -82,10 +95,7 @@ class RestApi:
             return error_response(exc.http_status, exc.message)
         except TimeoutError:
             code = StatusCode.DEADLINE_EXCEEDED
-            return error_response(
-                HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED],
-                f"Deadline exceeded: the request took longer than rest_api_timeout_in_ms={int(self._timeout * 1000)}",
-            )
+            return error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout))
         finally:
             _IN_FLIGHT.dec()
             self._record(request, code, started)

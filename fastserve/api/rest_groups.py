@@ -1,0 +1,142 @@
+"""REST predict requests served a group at a time: the REST frontend's fast path.
+
+A request to /v1/models/NAME[/versions/V|/labels/L]:predict for a batched model is
+decoded as it arrives and waits for the end of the event-loop iteration; then the
+requests for the same version and signature whose inputs have the same dtypes and shapes
+are queued together (request_groups.submit). Each request gets a future the HTTP
+connection writes from when it resolves: no asyncio task, lookup or queue task of its own.
+
+A request the group path cannot take whole goes to the per-request path (RestApi), which
+answers it as always: a body that does not parse, an unknown model, version, label or
+signature, a model without batching, inputs the signature refuses, rows over
+max_batch_size. Statuses, error texts and metrics are the same on both paths.
+"""
+import asyncio
+import functools
+import time
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from grpc import StatusCode
+
+from fastserve import limits
+from fastserve.api.http import Response
+from fastserve.api.request_groups import GroupSeries, batch_rows, submit
+from fastserve.batching.scheduler import BatchQueue
+from fastserve.codec import json_tensor
+from fastserve.errors import HTTP_STATUS, ServingError
+from fastserve.servables.registry import ServableHandle
+from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
+
+
+@dataclass
+class _Group:
+    queue: BatchQueue
+    signature: Signature
+    rows: int
+    started: float
+    handles: list[ServableHandle] = field(default_factory=list)  # released once the rows are queued
+    inputs: list[dict] = field(default_factory=list)
+    row_formats: list[bool] = field(default_factory=list)
+    futures: list[asyncio.Future] = field(default_factory=list)
+    waiting: int = 0  # futures not resolved yet
+    timer: asyncio.TimerHandle | None = None  # rest_api_timeout_in_ms
+
+
+class RestGroups:
+    def __init__(self, service, timeout: float | None, error_response):
+        self._service = service
+        self._scheduler = service.executor
+        self._timeout = timeout  # rest_api_timeout_in_ms, in seconds; None: no deadline
+        self._error_response = error_response
+        self._pending: dict[tuple, _Group] = {}
+
+    def predict(self, name: str, version: str | None, label: str | None, body: bytes) -> asyncio.Future | None:
+        """A future of the response, or None: serve this request on the per-request path."""
+        started = time.perf_counter()
+        try:
+            doc = json_tensor.loads(body)
+            key = doc.get("signature_name", DEFAULT_SIGNATURE) if isinstance(doc, dict) else None
+            if not isinstance(key, str):
+                return None
+            handle = self._service.registry.lookup(
+                unquote(name), None if version is None else int(version), None if label is None else unquote(label))
+        except (ServingError, ValueError):
+            return None
+        try:
+            signature = handle.model.signatures.get(key or DEFAULT_SIGNATURE)
+            queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
+            if queue is None:
+                handle.servable.release()
+                return None
+            inputs, row_format = json_tensor.decode_request(doc, signature.input_dtypes)
+            rows = batch_rows(inputs)
+            if not rows or rows > queue.config.max_batch_size:
+                handle.servable.release()
+                return None
+            signature.validate(inputs)
+            limits.check_elements(inputs, self._service.max_tensor_elements)
+        except ServingError:
+            handle.servable.release()
+            return None
+        shapes = tuple(sorted((k, a.dtype.str, a.shape) for k, a in inputs.items()))
+        group_key = (handle.servable, signature.key, shapes)
+        group = self._pending.get(group_key)
+        if group is None:
+            if not self._pending:
+                asyncio.get_running_loop().call_soon(self._flush)
+            group = self._pending[group_key] = _Group(queue, signature, rows, started)
+        future = asyncio.get_running_loop().create_future()
+        group.handles.append(handle)
+        group.inputs.append(inputs)
+        group.row_formats.append(row_format)
+        group.futures.append(future)
+        return future
+
+    def _flush(self) -> None:
+        """Queue this loop iteration's groups."""
+        pending, self._pending = self._pending, {}
+        loop = asyncio.get_running_loop()
+        for group in pending.values():
+            servable = group.handles[0].servable
+            series = GroupSeries("REST", servable.name, servable.version, group.signature.key, group.started, len(group.futures))
+            group.waiting = len(group.futures)
+            if self._timeout is not None:
+                group.timer = loop.call_later(self._timeout, self._expire, group, series)
+            submit(group.queue, group.inputs, group.rows, group.signature.all_output_keys,
+                   functools.partial(self._answer, group, series))
+            for handle in group.handles:  # each queued task holds the version itself
+                handle.servable.release()
+
+    def _answer(self, group: _Group, series: GroupSeries, indices: range, outputs: dict | None, error: ServingError | None) -> None:
+        codes: dict[StatusCode, int] = {}
+        rows = group.rows
+        for n, i in enumerate(indices):
+            future = group.futures[i]
+            if future.done():  # answered already: its deadline passed
+                continue
+            if error is None:
+                try:
+                    own = {k: v[n * rows : (n + 1) * rows] for k, v in outputs.items()}
+                    response = Response(200, json_tensor.encode_response(own, group.row_formats[i]))
+                    code = StatusCode.OK
+                except ServingError as exc:
+                    response, code = self._error_response(exc.http_status, exc.message), exc.code
+            else:
+                response, code = self._error_response(error.http_status, error.message), error.code
+            future.set_result(response)
+            codes[code] = codes.get(code, 0) + 1
+        for code, count in codes.items():
+            series.finish(code, count)
+        group.waiting -= sum(codes.values())
+        if not group.waiting and group.timer is not None:
+            group.timer.cancel()  # it would keep the group's inputs alive until it fired
+
+    def _expire(self, group: _Group, series: GroupSeries) -> None:
+        """rest_api_timeout_in_ms has passed: answer what is still waiting, as the per-request path does."""
+        late = [f for f in group.futures if not f.done()]
+        for future in late:
+            future.set_result(self._error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout)))
+        if late:
+            group.waiting -= len(late)
+            series.finish(StatusCode.DEADLINE_EXCEEDED, len(late))
