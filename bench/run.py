@@ -48,6 +48,7 @@ class BenchModel:
     batch_sizes: tuple[int, ...]  # in-process limit measured at these
     runtime: str = "session"
     min_seconds: float = 0  # slow models need longer runs for any request to finish
+    grpc_multiplexed: tuple[tuple[int, int], ...] = ()  # extra gRPC points: (connections, concurrent streams on each)
 
 
 # ---------------------------------------------------------------- models
@@ -126,7 +127,7 @@ MODELS = {
     "half_plus_two": BenchModel(
         "half_plus_two", "x", lambda n: np.full((n, 1), 2.0, np.float32),
         {"max_batch_size": 256, "batch_timeout_micros": 500, "num_batch_threads": 1},
-        (1, 8, 64, 256), export_half_plus_two, (1, 256),
+        (1, 8, 64, 256), export_half_plus_two, (1, 256), grpc_multiplexed=((64, 8),),
     ),
     "mlp": BenchModel(
         "mlp", "x", lambda n: np.random.default_rng(3).random((n, 784), np.float32),
@@ -297,7 +298,8 @@ def grpc_body(model_name: str, model: BenchModel, rows: int) -> bytes:
 
 
 def check_grpc(port: int, model_name: str, model: BenchModel) -> None:
-    """One real gRPC call first: h2load counts HTTP 200 and cannot see grpc-status."""
+    """A real gRPC call of the kind h2load sends (h2load counts HTTP 200 and cannot see grpc-status):
+    it must succeed, and half_plus_two must answer y = 3.0 for x = 2.0."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -306,15 +308,17 @@ def check_grpc(port: int, model_name: str, model: BenchModel) -> None:
     request.model_spec.name = model_name
     request.inputs[model.input_name].CopyFrom(tf.make_tensor_proto(model.make_rows(1)))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    if model.name == "half_plus_two" and tf.make_ndarray(response.outputs["y"]).tolist() != [[3.0]]:
+        raise AssertionError(f"{model_name} answered {response.outputs['y']} for x = 2.0, not y = 3.0")
 
 
-def run_h2load(port: int, body: bytes, concurrency: int, seconds: float, workdir: Path) -> dict:
+def run_h2load(port: int, body: bytes, concurrency: int, seconds: float, workdir: Path, streams: int = 1) -> dict:
     body_file, log_file = workdir / "grpc_body.bin", workdir / "h2load.log"
     body_file.write_bytes(body)
     log_file.unlink(missing_ok=True)
     cmd = [
-        "h2load", f"-c{concurrency}", "-m1", "-t1", f"-D{max(1, round(seconds))}", "--warm-up-time=0",
+        "h2load", f"-c{concurrency}", f"-m{streams}", "-t1", f"-D{max(1, round(seconds))}", "--warm-up-time=0",
         "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
         f"--log-file={log_file}", f"http://127.0.0.1:{port}/tensorflow.serving.PredictionService/Predict",
     ]
@@ -346,6 +350,7 @@ class Row:
     p99_ms: float
     errors: int
     mean_batch_size: float | None
+    streams: int = 1  # gRPC: concurrent calls on each connection (h2load -m)
     in_process_rows_per_s: dict = field(default_factory=dict)
 
 
@@ -359,19 +364,24 @@ def sweep(server: Server, names, protocols, default_seconds: float, workdir: Pat
             for protocol in protocols:
                 if protocol.startswith("grpc"):
                     check_grpc(server.grpc_port, served, model)
-                for concurrency in model.concurrency:
+                points = [(c, 1) for c in model.concurrency]
+                if protocol.startswith("grpc"):
+                    points += list(model.grpc_multiplexed)
+                for concurrency, streams in points:
                     before = server.batch_totals().get(f"{served}/1/serving_default", {})
                     if protocol == "rest":
                         url = f"http://127.0.0.1:{server.rest_port}/v1/models/{served}:predict"
                         stats = run_wrk(url, rest_bodies(model, rows_per_request), concurrency, seconds, workdir)
                     else:
-                        stats = run_h2load(server.grpc_port, grpc_body(served, model, rows_per_request), concurrency, seconds, workdir)
+                        body = grpc_body(served, model, rows_per_request)
+                        stats = run_h2load(server.grpc_port, body, concurrency, seconds, workdir, streams)
+                        check_grpc(server.grpc_port, served, model)  # still answering right after the load
                     after = server.batch_totals().get(f"{served}/1/serving_default", {})
                     batches = after.get("batches", 0) - before.get("batches", 0)
                     mean_batch = (after.get("rows", 0) - before.get("rows", 0)) / batches if batches else None
                     row = Row(name, protocol, batching, concurrency, stats["requests_per_s"],
                               stats["requests_per_s"] * rows_per_request, stats["p50_ms"], stats["p90_ms"], stats["p99_ms"],
-                              stats["errors"], mean_batch)
+                              stats["errors"], mean_batch, streams)
                     print(format_row(row), flush=True)
                     results.append(row)
     return results
@@ -379,7 +389,8 @@ def sweep(server: Server, names, protocols, default_seconds: float, workdir: Pat
 
 def format_row(r: Row) -> str:
     batch = f"{r.mean_batch_size:.1f}" if r.mean_batch_size else "-"
-    return (f"| {r.model} | {r.protocol} | {'on' if r.batching else 'off'} | {r.concurrency} | {r.requests_per_s:,.0f} | "
+    concurrency = f"{r.concurrency}x{r.streams}" if r.streams > 1 else str(r.concurrency)
+    return (f"| {r.model} | {r.protocol} | {'on' if r.batching else 'off'} | {concurrency} | {r.requests_per_s:,.0f} | "
             f"{r.rows_per_s:,.0f} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {batch} | {r.errors} |")
 
 
@@ -404,7 +415,37 @@ def markdown(rows: list[Row], limits: dict, machine_text: str) -> str:
     lines += [format_row(r) for r in rows]
     lines += ["", "In-process limit (the served signature called directly, rows/s by batch size):", ""]
     lines += [f"- {name}: " + ", ".join(f"batch {size}: {rate:,.0f}" for size, rate in limit.items()) for name, limit in limits.items()]
+    lines += ["", "Ratios (same run):", ""] + summary(rows, limits)
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[Row], limits: dict) -> list[str]:
+    """What batching and the native transport buy, as ratios within this run."""
+    def find(model, protocol, batching, concurrency, streams=1):
+        return next((r for r in rows if (r.model, r.protocol, r.batching, r.concurrency, r.streams) ==
+                     (model, protocol, batching, concurrency, streams)), None)
+
+    out = []
+    for name, limit in limits.items():
+        max_batch = MODELS[name].batching["max_batch_size"]
+        top = max(MODELS[name].concurrency)
+        point = 64 if 64 in MODELS[name].concurrency else top
+        for protocol in ("rest", "grpc", "grpc-aio"):
+            on, off = find(name, protocol, True, point), find(name, protocol, False, point)
+            if on is None:
+                continue
+            text = f"- {name} {protocol} at concurrency {point}: batching on {on.rows_per_s:,.0f} rows/s"
+            if off is not None and off.rows_per_s:
+                text += f" = {on.rows_per_s / off.rows_per_s:.1f}x batching off"
+            if max_batch in limit:
+                text += f", {on.rows_per_s / limit[max_batch]:.0%} of the in-process limit at max_batch_size {max_batch}"
+            out.append(text)
+        for connections, streams in MODELS[name].grpc_multiplexed:
+            native, aio = find(name, "grpc", True, connections, streams), find(name, "grpc-aio", True, connections, streams)
+            if native is not None and aio is not None and aio.requests_per_s:
+                out.append(f"- {name} gRPC {connections}x{streams} streams, batching on: native {native.requests_per_s:,.0f} req/s "
+                           f"= {native.requests_per_s / aio.requests_per_s:.1f}x grpc.aio ({aio.requests_per_s:,.0f})")
+    return out
 
 
 def plot(rows: list[Row], path: Path) -> None:
@@ -418,7 +459,7 @@ def plot(rows: list[Row], path: Path) -> None:
     for i, name in enumerate(names):
         for protocol in ("rest", "grpc", "grpc-aio"):
             for batching in (True, False):
-                series = [r for r in rows if r.model == name and r.protocol == protocol and r.batching == batching]
+                series = [r for r in rows if r.model == name and r.protocol == protocol and r.batching == batching and r.streams == 1]
                 if not series:
                     continue
                 label = f"{protocol}, batching {'on' if batching else 'off'}"
@@ -452,7 +493,7 @@ def main(argv=None) -> int:
     if args.quick:
         for name in names:
             MODELS[name].concurrency = (1, 64)
-            MODELS[name].batch_sizes = MODELS[name].batch_sizes[-1:]
+            MODELS[name].batch_sizes = (MODELS[name].batching["max_batch_size"],)
     seconds = args.seconds or (2 if args.quick else 5)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "models"
