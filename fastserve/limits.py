@@ -31,17 +31,22 @@ def check_deadline(deadline: float | None) -> None:
         raise ServingError(StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded: the request expired before the model ran")
 
 
+def within_elements(inputs: dict, limit: int) -> bool:
+    """Whether the input tensors hold at most `limit` elements in all (0 = no limit)."""
+    return not limit or sum(array.size for array in inputs.values()) <= limit
+
+
 def check_elements(inputs: dict, limit: int) -> None:
-    """Refuse a request whose input tensors hold more than `limit` elements in all (0 = no limit)."""
-    if limit:
-        total = sum(array.size for array in inputs.values())
-        if total > limit:
-            metrics.rejected("too_many_elements")
-            raise ServingError(
-                StatusCode.RESOURCE_EXHAUSTED,
-                f"request has {total} input tensor elements, more than the limit of {limit} (max_tensor_elements)",
-                http_status=413,
-            )
+    """Refuse (and count) a request whose input tensors hold more than `limit` elements in all."""
+    if within_elements(inputs, limit):
+        return
+    metrics.rejected("too_many_elements")
+    total = sum(array.size for array in inputs.values())
+    raise ServingError(
+        StatusCode.RESOURCE_EXHAUSTED,
+        f"request has {total} input tensor elements, more than the limit of {limit} (max_tensor_elements)",
+        http_status=413,
+    )
 
 
 def rest_timeout_message(timeout_s: float) -> str:

@@ -1,5 +1,7 @@
 """Shared test helpers: start the real fastserve process on loopback and talk to it."""
+import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -60,6 +62,19 @@ class ServerProcess:
             time.sleep(0.1)
         self.stop()
         raise RuntimeError(f"fastserve did not become ready in {timeout}s:\n{self.log()}")
+
+    def batching_totals(self, timeout: float = 10) -> dict:
+        """The batch queues' running totals, which the server logs on SIGUSR1."""
+        marker = "batching totals: "
+        seen = self.log().count(marker)
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lines = [line for line in self.log().splitlines() if marker in line]
+            if len(lines) > seen:
+                return json.loads(lines[-1].split(marker, 1)[1])
+            time.sleep(0.1)
+        raise AssertionError("the server logged no batching totals")
 
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.grpc_target)

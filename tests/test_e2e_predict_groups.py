@@ -7,10 +7,7 @@ goes at once to a native server and, for reference, to a grpc.aio server (per-ca
 with the same models. Every call must get the same status, message and response from both,
 and the native server's batch queues must show that calls really were grouped.
 """
-import json
 import random
-import signal
-import time
 
 import grpc
 import numpy as np
@@ -115,17 +112,6 @@ def send_all(server, calls) -> list[tuple]:
         return [outcome(f) for f in futures]
 
 
-def batching_totals(server) -> dict:
-    server.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lines = [line for line in server.log().splitlines() if "batching totals: " in line]
-        if lines:
-            return json.loads(lines[-1].split("batching totals: ", 1)[1])
-        time.sleep(0.1)
-    raise AssertionError("the server logged no batching totals")
-
-
 def test_a_burst_gets_the_same_answers_grouped_as_one_call_at_a_time(servers):
     calls = burst(random.Random(7))
     grouped = send_all(servers["native"], calls)
@@ -142,7 +128,7 @@ def test_a_burst_gets_the_same_answers_grouped_as_one_call_at_a_time(servers):
             np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]).reshape(-1), 0.5 * x.reshape(-1) + 2, rtol=1e-6)
 
     # Grouped: the native server queued fewer tasks than it answered calls.
-    totals = batching_totals(servers["native"])["half_plus_two/1/serving_default"]
+    totals = servers["native"].batching_totals()["half_plus_two/1/serving_default"]
     assert totals["tasks"] < sum(1 for call, (code, _, _) in zip(calls, grouped)
                                  if code == "OK" and call.model_spec.name == "half_plus_two")
 

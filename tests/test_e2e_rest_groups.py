@@ -9,7 +9,6 @@ JSON body (error texts name the model, so NAME_ref is read as NAME).
 """
 import json
 import random
-import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -82,17 +81,6 @@ def post(server, model: str, path: str, body: bytes) -> tuple[int, object]:
     return response.status_code, response.json()
 
 
-def batching_totals(server) -> dict:
-    server.proc.send_signal(signal.SIGUSR1)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        lines = [line for line in server.log().splitlines() if "batching totals: " in line]
-        if lines:
-            return json.loads(lines[-1].split("batching totals: ", 1)[1])
-        time.sleep(0.1)
-    raise AssertionError("the server logged no batching totals")
-
-
 def test_a_burst_gets_the_same_answers_grouped_as_one_request_at_a_time(server):
     calls = burst(random.Random(11))
     with ThreadPoolExecutor(48) as pool:
@@ -110,7 +98,7 @@ def test_a_burst_gets_the_same_answers_grouped_as_one_request_at_a_time(server):
 
     # Grouped: the batched model's queue took fewer tasks than it answered requests.
     answered = sum(1 for (model, _, _), (status, _) in zip(calls, grouped) if model == "half_plus_two" and status == 200)
-    assert batching_totals(server)["half_plus_two/1/serving_default"]["tasks"] < answered
+    assert server.batching_totals()["half_plus_two/1/serving_default"]["tasks"] < answered
 
 
 def test_grouped_requests_are_counted_in_the_metrics(server):

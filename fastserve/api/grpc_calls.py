@@ -32,7 +32,7 @@ class Outcome(NamedTuple):
     payload: bytes | None  # the serialized response when code is OK
 
 
-def authorization(metadata) -> str | None:
+def _authorization(metadata) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
             return value
@@ -76,7 +76,7 @@ class Method:
         _IN_FLIGHT.inc()
         try:
             if self.auth:
-                self.auth.check(authorization(metadata), self.admin)
+                self.auth.check(_authorization(metadata), self.admin)
             if timeout is not None:
                 limits.check_deadline(deadline)
                 limits.set_deadline(timeout)

@@ -13,7 +13,7 @@ slice of each output buffer.
 Whatever a group cannot take whole goes back to the per-call path (grpc_calls.Method),
 which answers it as it always does: other methods, models without batching, requests
 that do not parse, unknown models, versions, labels or signatures, inputs the signature
-refuses, calls over max_batch_size, failed authentication. So statuses, error texts and
+refuses, calls over max_batch_size; with token authentication on, every call. So statuses, error texts and
 metrics are the same on both paths.
 """
 import functools
@@ -26,7 +26,7 @@ from grpc import StatusCode
 from tensorflow_serving.apis import predict_pb2
 
 from fastserve import limits
-from fastserve.api.grpc_calls import Method, authorization
+from fastserve.api.grpc_calls import Method
 from fastserve.api.request_groups import GroupSeries, batch_rows, submit
 from fastserve.codec import tensor_proto
 from fastserve.errors import ServingError
@@ -41,11 +41,13 @@ class PredictGroups:
     def __init__(self, service, predict: Method, respond: Callable[[list], None]):
         self._service = service
         self._scheduler = service.executor
-        self._auth = predict.auth
+        self._auth_required = predict.auth is not None  # with tokens on, every call takes the checked path
         self._respond = respond  # [(call id, status code, message, payload | None)] back to the transport
 
     def serve(self, calls: list) -> list:
         """Start every call it can group; returns the others, for the per-call path."""
+        if self._auth_required:
+            return calls
         started = time.perf_counter()
         groups: dict[tuple, list] = {}
         others = []
@@ -63,11 +65,8 @@ class PredictGroups:
 
     def _decode(self, call) -> tuple | None:
         """(group key, inputs) of a Predict call, or None when it is not for a group."""
-        _, _, payload, metadata, _ = call
         try:
-            if self._auth is not None:
-                self._auth.check(authorization(metadata), False)
-            request = predict_pb2.PredictRequest.FromString(payload)
+            request = predict_pb2.PredictRequest.FromString(call[2])
             inputs = {name: tensor_proto.to_numpy(proto, name) for name, proto in request.inputs.items()}
         except (DecodeError, ServingError):
             return None
@@ -93,9 +92,10 @@ class PredictGroups:
             rows = batch_rows(first)
             if queue is None or not rows or rows > queue.config.max_batch_size:
                 return False
+            if not limits.within_elements(first, self._service.max_tensor_elements):
+                return False
             try:
                 signature.validate(first)
-                limits.check_elements(first, self._service.max_tensor_elements)
                 output_keys = signature.output_keys(output_filter)
             except ServingError:
                 return False

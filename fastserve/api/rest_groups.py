@@ -63,22 +63,11 @@ class RestGroups:
                 unquote(name), None if version is None else int(version), None if label is None else unquote(label))
         except (ServingError, ValueError):
             return None
-        try:
-            signature = handle.model.signatures.get(key or DEFAULT_SIGNATURE)
-            queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
-            if queue is None:
-                handle.servable.release()
-                return None
-            inputs, row_format = json_tensor.decode_request(doc, signature.input_dtypes)
-            rows = batch_rows(inputs)
-            if not rows or rows > queue.config.max_batch_size:
-                handle.servable.release()
-                return None
-            signature.validate(inputs)
-            limits.check_elements(inputs, self._service.max_tensor_elements)
-        except ServingError:
+        admitted = self._admit(handle, key or DEFAULT_SIGNATURE, doc)
+        if admitted is None:
             handle.servable.release()
             return None
+        signature, queue, inputs, row_format, rows = admitted
         shapes = tuple(sorted((k, a.dtype.str, a.shape) for k, a in inputs.items()))
         group_key = (handle.servable, signature.key, shapes)
         group = self._pending.get(group_key)
@@ -92,6 +81,22 @@ class RestGroups:
         group.row_formats.append(row_format)
         group.futures.append(future)
         return future
+
+    def _admit(self, handle: ServableHandle, key: str, doc) -> tuple | None:
+        """(signature, queue, inputs, row format, rows) of a request a group can take, else None."""
+        signature = handle.model.signatures.get(key)
+        queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
+        if queue is None:
+            return None
+        try:
+            inputs, row_format = json_tensor.decode_request(doc, signature.input_dtypes)
+            signature.validate(inputs)
+        except ServingError:
+            return None
+        rows = batch_rows(inputs)
+        if not rows or rows > queue.config.max_batch_size or not limits.within_elements(inputs, self._service.max_tensor_elements):
+            return None
+        return signature, queue, inputs, row_format, rows
 
     def _flush(self) -> None:
         """Queue this loop iteration's groups."""
