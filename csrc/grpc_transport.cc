@@ -13,8 +13,9 @@
 //            TLS applies to TCP addresses, unix: sockets stay plain
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
-//   take() -> (calls, cancelled): calls = [(id, method, payload, metadata, timeout_s | None)],
-//             cancelled = [id of a taken call the client cancelled or whose deadline passed]
+//   take() -> (calls, cancelled, expired): calls = [(id, method, payload, metadata, timeout_s | None)],
+//             cancelled = [id of a taken call the client cancelled or whose deadline passed],
+//             expired = [method of each call answered DEADLINE_EXCEEDED here, for the metrics]
 //   A call whose deadline has passed when its request arrives is answered DEADLINE_EXCEEDED
 //   here and never reaches Python; one that expires later is cancelled by gRPC and reported.
 //   respond([(id, status_code, message, payload | None)])  status 0 = OK with payload
@@ -119,12 +120,14 @@ class Server {
     // It keeps Stop from freeing the calls while they are copied out.
     std::vector<Call*> calls;
     std::vector<uint64_t> cancelled;
+    std::vector<std::string> expired;
     std::lock_guard<std::mutex> lock(mu_);
     uint64_t counter;
     (void)!read(event_fd_, &counter, sizeof counter);  // re-arm the wake-up
     signalled_ = false;
     calls.swap(pending_);
     cancelled.swap(cancelled_);
+    expired.swap(expired_);
     PyObject* call_list = PyList_New(calls.size());
     if (!call_list) return nullptr;
     auto now = std::chrono::system_clock::now();
@@ -144,9 +147,24 @@ class Server {
     for (size_t i = 0; i < cancelled.size(); ++i) {
       PyList_SET_ITEM(cancelled_list, i, PyLong_FromUnsignedLongLong(cancelled[i]));
     }
-    PyObject* result = PyTuple_Pack(2, call_list, cancelled_list);
+    PyObject* expired_list = PyList_New(expired.size());
+    for (size_t i = 0; expired_list && i < expired.size(); ++i) {
+      PyObject* method = PyUnicode_DecodeUTF8(expired[i].data(), expired[i].size(), "replace");
+      if (!method) {
+        Py_CLEAR(expired_list);
+        break;
+      }
+      PyList_SET_ITEM(expired_list, i, method);
+    }
+    if (!expired_list) {
+      Py_DECREF(call_list);
+      Py_DECREF(cancelled_list);
+      return nullptr;
+    }
+    PyObject* result = PyTuple_Pack(3, call_list, cancelled_list, expired_list);
     Py_DECREF(call_list);
     Py_DECREF(cancelled_list);
+    Py_DECREF(expired_list);
     return result;
   }
 
@@ -273,6 +291,8 @@ class Server {
           FinishLocked(call, grpc::Status(grpc::StatusCode::CANCELLED, "no request message"), nullptr);
         } else if (call->ctx.deadline() <= std::chrono::system_clock::now()) {
           FinishLocked(call, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"), nullptr);
+          expired_.push_back(call->ctx.method());
+          Signal();
         } else {
           Enqueue(call);
         }
@@ -393,6 +413,7 @@ class Server {
   std::unordered_map<uint64_t, Call*> by_id_;  // calls Python has to answer
   std::vector<Call*> pending_;                 // ... of which these are not taken yet
   std::vector<uint64_t> cancelled_;
+  std::vector<std::string> expired_;  // methods of calls answered DEADLINE_EXCEEDED on arrival
   std::vector<Reply> outgoing_;  // answered by Python, not sent yet
   bool send_armed_ = false;
   uint64_t last_id_ = 0;

@@ -25,6 +25,7 @@ from tensorflow_serving.apis import (
 from fastserve.api.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS
 from tests.model_builder import export_adder
+from tests.test_e2e_metrics import scrape, value
 
 TRANSPORTS = [
     pytest.param("native", marks=pytest.mark.skipif(not NATIVE_BUILT, reason="built without libgrpc++")),
@@ -48,7 +49,6 @@ def server(request, start_server, tmp_path_factory):
             f"--config={config}", f"--grpc_transport={request.param}", f"--grpc_socket_path={root / 'grpc.sock'}",
             f"--grpc_max_receive_bytes={MAX_RECEIVE_BYTES}", "--shutdown_grace_seconds=20",
         ],
-        rest=False,
     )
     server.transport = request.param
     server.socket_path = root / "grpc.sock"
@@ -164,6 +164,13 @@ def test_already_expired_call_is_answered_deadline_exceeded(server, tmp_path):
     body = tmp_path / "call.bin"
     body.write_bytes(b"\x00" + len(payload).to_bytes(4, "big") + payload)  # gRPC's length-prefixed message
     headers = ["content-type: application/grpc", "te: trailers", "grpc-timeout: 1n"]
+    def expired(samples) -> float:
+        # gRPC keeps deadlines to the millisecond: the call expires on arrival (the native transport
+        # answers it unparsed: model label empty) or just after (the call step answers it: model m).
+        return sum(value(samples, ":tensorflow:serving:request_count_total", model_name=model, status="DEADLINE_EXCEEDED")
+                   for model in ("", "m"))
+
+    before = expired(scrape(server))
     started = time.monotonic()
     result = subprocess.run(
         ["nghttp", "-v", "-d", str(body), *[arg for h in headers for arg in ("-H", h)],
@@ -172,6 +179,10 @@ def test_already_expired_call_is_answered_deadline_exceeded(server, tmp_path):
     )
     assert "grpc-status: 4" in result.stdout, result.stdout + result.stderr
     assert time.monotonic() - started < 3
+    deadline = time.monotonic() + 10  # the count may land just after the answer
+    while expired(scrape(server)) == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert expired(scrape(server)) == before + 1  # counted once, on both transports
     with server.channel() as channel:
         assert half_plus_two(channel, 2.0, timeout=5) == 3.0
 

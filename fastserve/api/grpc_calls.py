@@ -46,6 +46,12 @@ def _model_label(request, is_served: Callable[[str], bool]) -> str:
     return name if is_served(name) else metrics.UNKNOWN_MODEL
 
 
+def count_expired_on_arrival(path: str) -> None:
+    """A call whose deadline had passed before it reached a handler (the transport answered it)."""
+    metrics.rejected("deadline_exceeded")
+    _finish(path.rsplit("/", 1)[-1], metrics.UNKNOWN_MODEL, StatusCode.DEADLINE_EXCEEDED, time.perf_counter())
+
+
 def _finish(api: str, model: str, code: StatusCode, started: float) -> None:
     seconds = metrics.request_series("GRPC", api, model).done(code, started)
     request_log.record("GRPC", api, model, code, seconds)

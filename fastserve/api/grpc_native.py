@@ -18,7 +18,7 @@ from typing import Callable
 import uvloop
 from grpc import StatusCode
 
-from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, method_table
+from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, count_expired_on_arrival, method_table
 from fastserve.api.predict_groups import PREDICT, PredictGroups
 from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
@@ -109,7 +109,10 @@ class NativeGrpcServer:
 
     def _take(self) -> None:
         """Every call (and cancellation) waiting in C++, in one go."""
-        calls, cancelled = self._transport.take()
+        calls, cancelled, expired = self._transport.take()
+        for path in expired:  # answered in C++; counted as the per-call path counts an expired call
+            if path in self._methods:
+                count_expired_on_arrival(path)
         for call_id, path, payload, metadata, timeout in self._groups.serve(calls):
             task = self._loop.create_task(self._serve(path, payload, metadata, timeout))
             # A done callback, not the coroutine, answers: a task cancelled before it
