@@ -307,3 +307,34 @@ def test_any_mix_of_requests_gets_exactly_its_rows_back(sizes, capacity, splitti
     real_rows = scheduler.stats.totals()[("m", 1, "serving_default")].rows
     assert real_rows == sum(sizes)  # every row ran exactly once
     assert servable.in_flight == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    groups=st.lists(st.tuples(st.integers(1, 6), st.integers(1, 3)), min_size=1, max_size=12),  # (requests, rows each)
+    capacity=st.integers(1, 8),
+    threads=st.integers(1, 3),
+)
+def test_grouped_requests_split_over_batches_get_exactly_their_rows_back(groups, capacity, threads):
+    """A group's requests stay separate chunks in one task; the batches that take its rows
+    (split by max_execution_batch_size) copy them from the chunks they span."""
+    config = BatchingConfig(
+        max_batch_size=18, batch_timeout_micros=1000, num_batch_threads=threads, max_enqueued_batches=100,
+        enable_large_batch_splitting=True, max_execution_batch_size=capacity,
+    )
+    scheduler, servable, sig = make(config)
+    queue = scheduler.batch_queue(ServableHandle(servable), sig)
+
+    async def main():
+        chunks = [[rows(size, start=1000 * g + 100 * r) for r in range(requests)] for g, (requests, size) in enumerate(groups)]
+        futures = [queue.submit_chunks([{"x": x} for x in group], sum(len(x) for x in group), ("y",)) for group in chunks]
+        for group, result in zip(chunks, await asyncio.gather(*futures)):
+            np.testing.assert_array_equal(result["y"], np.concatenate(group) * 2 + 1)
+
+    try:
+        asyncio.run(main())
+    finally:
+        scheduler.shutdown()
+    assert all(len(batch["x"]) <= capacity for batch in sig.batches)
+    assert scheduler.stats.totals()[("m", 1, "serving_default")].rows == sum(n * size for n, size in groups)
+    assert servable.in_flight == 0

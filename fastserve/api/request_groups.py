@@ -34,9 +34,8 @@ def submit(queue: BatchQueue, members: list[dict[str, np.ndarray]], rows: int, o
     for start in range(0, len(members), per_task):
         part = members[start : start + per_task]
         indices = range(start, start + len(part))
-        inputs = {k: np.concatenate([m[k] for m in part]) for k in part[0]} if len(part) > 1 else part[0]
         try:
-            future = queue.submit(inputs, rows * len(part), output_keys, len(part))
+            future = queue.submit_chunks(part, rows * len(part), output_keys)  # copied once, into the batch
         except ServingError as exc:  # queue full: the answer the per-request path gives
             answer(indices, None, exc)
             continue

@@ -46,13 +46,16 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    """One request in a queue. With splitting, consecutive row ranges of it may run in
-    different batches; `offset` is the first row no batch has taken yet."""
+    """One request in a queue, or the requests of a group: its inputs are chunks of equal
+    shapes (one per request), kept apart until the assembler copies them into the batch.
+    With splitting, consecutive row ranges of it may run in different batches; `offset` is
+    the first row no batch has taken yet."""
 
-    __slots__ = ("inputs", "rows", "output_keys", "batch_key", "loop", "future", "enqueued", "offset", "parts", "lock")
+    __slots__ = ("inputs", "chunk_rows", "rows", "output_keys", "batch_key", "loop", "future", "enqueued", "offset", "parts", "lock")
 
-    def __init__(self, inputs, rows, output_keys, batch_key, loop, future):
-        self.inputs = inputs
+    def __init__(self, chunks: list[dict], rows, output_keys, batch_key, loop, future):
+        self.inputs = {key: [chunk[key] for chunk in chunks] for key in chunks[0]}
+        self.chunk_rows = rows // len(chunks)
         self.rows = rows
         self.output_keys = output_keys
         self.batch_key = batch_key
@@ -62,6 +65,16 @@ class _Task:
         self.offset = 0
         self.parts = None  # once split: {start row: (rows, outputs, error)} of the pieces that ran
         self.lock = None
+
+    def rows_of(self, key: str, start: int, stop: int) -> list[np.ndarray]:
+        """Views of rows start..stop of one input, one per chunk they span."""
+        out, size = [], self.chunk_rows
+        while start < stop:
+            index, first = divmod(start, size)
+            last = min(size, first + stop - start)
+            out.append(self.inputs[key][index][first:last])
+            start += last - first
+        return out
 
 
 class BatchQueue:
@@ -97,17 +110,21 @@ class BatchQueue:
 
     # ------------------------------------------------------------ event loop side
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, output_keys: tuple[str, ...], requests: int = 1) -> asyncio.Future:
-        """Queue one task of `rows` rows (the rows of `requests` requests, for the metrics)."""
+    def submit(self, inputs: dict[str, np.ndarray], rows: int, output_keys: tuple[str, ...]) -> asyncio.Future:
+        """Queue one request's task of `rows` rows."""
+        return self.submit_chunks([inputs], rows, output_keys)
+
+    def submit_chunks(self, chunks: list[dict[str, np.ndarray]], rows: int, output_keys: tuple[str, ...]) -> asyncio.Future:
+        """Queue one task holding several requests' inputs (of equal shapes, `rows` rows in all)."""
         if rows > self.config.max_batch_size:
             raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {self.config.max_batch_size}")
-        inputs = {k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in inputs.items()}
+        chunks = [{k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in c.items()} for c in chunks]
         loop = asyncio.get_running_loop()
-        task = _Task(inputs, rows, output_keys, self._batch_key(inputs, output_keys), loop, loop.create_future())
+        task = _Task(chunks, rows, output_keys, self._batch_key(chunks[0], output_keys), loop, loop.create_future())
         self._servable.hold()  # released when the task's last rows have run
         if self._closed or not self._queue.push(task, rows):
             self._servable.release()
-            metrics.rejected("queue_full", requests)
+            metrics.rejected("queue_full", len(chunks))
             raise ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
         if self._sleeping and self._queue.rows >= self._wake_rows:
             self._wake.set()  # not on every push: a forming batch waits until it can fill or times out
@@ -205,7 +222,7 @@ class BatchQueue:
         output_keys = pieces[0][0].output_keys
         try:
             inputs = {
-                key: assembler.gather(key, [t.inputs[key][a:b] for t, a, b in pieces], padded)
+                key: assembler.gather(key, [rows for t, a, b in pieces for rows in t.rows_of(key, a, b)], padded)
                 for key in pieces[0][0].inputs
             }
             outputs = assembler.detach(self._signature.run(inputs, output_keys))
