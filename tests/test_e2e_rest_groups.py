@@ -9,6 +9,7 @@ JSON body (error texts name the model, so NAME_ref is read as NAME).
 """
 import json
 import random
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -126,3 +127,22 @@ def test_a_group_past_the_rest_deadline_gets_504_and_the_server_keeps_serving(hu
     after = scrape(hurried)
     assert (count(after, "DEADLINE_EXCEEDED") - count(before, "DEADLINE_EXCEEDED"), count(after, "OK") - count(before, "OK")) == (1, 0)
     assert post(hurried, "plain", ":predict", b'{"instances": [[1.0]]}') == (200, {"predictions": [[2.5]]})
+
+
+def test_pipelined_requests_are_answered_in_order_across_both_paths(server):
+    """Grouped requests wait for their batch; a bad one in between is answered at once by the
+    per-request path; the connection still writes the answers in request order."""
+    bodies = [b'{"instances": [[%d.0]]}' % i for i in range(6)]
+    bodies[3] = b'{"instances": [["not a number"]]}'
+    pipelined = b"".join(
+        b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        for body in bodies
+    )
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        sock.sendall(pipelined)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < len(bodies) or not data.endswith(b"}"):
+            data += sock.recv(65536)
+    answers = [json.loads(part.split(b"\r\n\r\n", 1)[1]) for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert answers[:3] + answers[4:] == [{"predictions": [[0.5 * i + 2]]} for i in (0, 1, 2, 4, 5)]
+    assert "error" in answers[3]
