@@ -1,17 +1,20 @@
-"""What the native batching modules buy over their pure-Python references.
+"""What the native modules buy over their pure-Python references.
 
     python bench/native_vs_reference.py
 
 Queue: push then drain N tasks, single-threaded and with producer threads racing
 a consumer. Assembler: gather 64 single-row requests into one batch (the MLP's
 784 floats and a 224x224x3 image), and 32 variable-length token rows with padding.
+JSON numbers: read a REST predict body into an array (an MLP row, a float image, a
+0..255 image), against the general path (orjson, then numpy).
 """
 import threading
 import time
 
 import numpy as np
+import orjson
 
-from fastserve._native import batch_assembler, task_queue
+from fastserve._native import batch_assembler, json_numbers, task_queue
 from fastserve.batching import reference
 
 
@@ -101,6 +104,16 @@ def main() -> None:
         if not variable:
             plain = concatenate(parts, padded)
             rows.append((f"  (np.concatenate, new array per batch: {plain * 1e6:,.1f} us)", "", "", plain / native))
+    bodies = [
+        ("read an MLP body, 784 floats", rng.random((1, 784), np.float32)),
+        ("read an image body, 224x224x3 floats", rng.random((1, 224, 224, 3), np.float32)),
+        ("read an image body, 224x224x3 ints 0..255", rng.integers(0, 256, (1, 224, 224, 3))),
+    ]
+    for label, array in bodies:
+        body = orjson.dumps({"instances": array.tolist()})
+        native = best_of(lambda: json_numbers.parse_numeric_request(body))
+        ref = best_of(lambda: np.asarray(orjson.loads(body)["instances"]))
+        rows.append((label, f"{native * 1e6:,.1f} us", f"{ref * 1e6:,.1f} us", ref / native))
     print("| operation | native | Python reference | speed-up |")
     print("|---|---:|---:|---:|")
     for label, native, ref, ratio in rows:

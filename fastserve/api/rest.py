@@ -152,16 +152,13 @@ class RestApi:
         raise invalid_argument(f"Malformed request: {request.method} {path}")
 
     async def _predict(self, spec: model_pb2.ModelSpec, body: bytes) -> Response:
-        doc = json_tensor.loads(body)
-        key = doc.get("signature_name", DEFAULT_SIGNATURE) if isinstance(doc, dict) else DEFAULT_SIGNATURE
-        if not isinstance(key, str):
-            raise invalid_argument("JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
-        key = key or DEFAULT_SIGNATURE
+        request = json_tensor.PredictBody(body)
+        key = request.signature_name or DEFAULT_SIGNATURE
         with self._service.lookup(spec) as handle:
             signature = handle.model.signatures.get(key)
             if signature is None:
                 raise invalid_argument(f'Serving signature name: "{key}" not found in signature def')
-            inputs, row_format = json_tensor.decode_request(doc, signature.input_dtypes)
+            inputs, row_format = request.decode(signature.input_dtypes)
             outputs = await self._service.run(handle, signature, inputs)
         return Response(200, json_tensor.encode_response(outputs, row_format))
 

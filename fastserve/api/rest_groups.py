@@ -55,15 +55,13 @@ class RestGroups:
         """A future of the response, or None: serve this request on the per-request path."""
         started = time.perf_counter()
         try:
-            doc = json_tensor.loads(body)
-            key = doc.get("signature_name", DEFAULT_SIGNATURE) if isinstance(doc, dict) else None
-            if not isinstance(key, str):
-                return None
+            request = json_tensor.PredictBody(body)
+            key = request.signature_name or DEFAULT_SIGNATURE
             handle = self._service.registry.lookup(
                 unquote(name), None if version is None else int(version), None if label is None else unquote(label))
         except (ServingError, ValueError):
             return None
-        admitted = self._admit(handle, key or DEFAULT_SIGNATURE, doc)
+        admitted = self._admit(handle, key, request)
         if admitted is None:
             handle.servable.release()
             return None
@@ -82,14 +80,14 @@ class RestGroups:
         group.futures.append(future)
         return future
 
-    def _admit(self, handle: ServableHandle, key: str, doc) -> tuple | None:
+    def _admit(self, handle: ServableHandle, key: str, request: json_tensor.PredictBody) -> tuple | None:
         """(signature, queue, inputs, row format, rows) of a request a group can take, else None."""
         signature = handle.model.signatures.get(key)
         queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
         if queue is None:
             return None
         try:
-            inputs, row_format = json_tensor.decode_request(doc, signature.input_dtypes)
+            inputs, row_format = request.decode(signature.input_dtypes)
             signature.validate(inputs)
         except ServingError:
             return None

@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 
 from fastserve import dtypes
+from fastserve._native.json_numbers import parse_numeric_request
 from fastserve.dtypes import DataType
 from fastserve.errors import invalid_argument
 
@@ -46,6 +47,43 @@ def _dumps_outputs(document, outputs: dict) -> bytes:
 
 
 # ---------------------------------------------------------------- request decoding
+
+
+class PredictBody:
+    """A :predict request body, parsed once: its signature name, then its inputs for a signature.
+
+    A body that is only {"instances" | "inputs": <nested array of numbers>} (and maybe a
+    "signature_name") is read straight into one array (csrc/json_numbers.pyx); any other
+    goes through orjson and decode_request. Both give the same arrays and the same errors.
+    """
+
+    __slots__ = ("_body", "_numbers", "_doc")
+
+    def __init__(self, body: bytes):
+        self._body = body
+        self._numbers = parse_numeric_request(body)  # (signature name | None, key, array) or None
+        self._doc = None if self._numbers is not None else loads(body)
+
+    @property
+    def signature_name(self) -> str:
+        """The requested signature; "" when the body names none."""
+        if self._numbers is not None:
+            return self._numbers[0] or ""
+        name = self._doc.get("signature_name", "") if isinstance(self._doc, dict) else ""
+        if not isinstance(name, str):
+            raise invalid_argument("JSON Value: not formatted correctly. 'signature_name' key must be a string value.")
+        return name
+
+    def decode(self, input_dtypes: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
+        """({input name: array}, row_format) for a signature with these input dtypes."""
+        if self._numbers is not None and len(input_dtypes) == 1:
+            _, key, raw = self._numbers
+            name, dtype_enum = next(iter(input_dtypes.items()))
+            if dtype_enum != DataType.DT_STRING:
+                return {name: _typed(raw, dtype_enum, name)}, key == "instances"
+        if self._doc is None:  # numbers, but for a signature they do not fit: decode_request says why
+            self._doc = loads(self._body)
+        return decode_request(self._doc, input_dtypes)
 
 
 def decode_request(doc, input_dtypes: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
@@ -117,13 +155,18 @@ def _input_dtype(input_dtypes, name) -> int:
 
 def to_array(value, dtype_enum: int, name: str) -> np.ndarray:
     """Convert a nested JSON list (or scalar) into an array of the signature's dtype."""
-    dt = dtypes.from_enum(dtype_enum)
     if dtype_enum == DataType.DT_STRING:
         return _string_array(value, name)
     try:
         raw = np.asarray(value)
     except ValueError as exc:
         raise invalid_argument(f"input '{name}': {_ragged_message(exc)}") from None
+    return _typed(raw, dtype_enum, name)
+
+
+def _typed(raw: np.ndarray, dtype_enum: int, name: str) -> np.ndarray:
+    """The array of JSON values in the signature's dtype, if they are values of that kind."""
+    dt = dtypes.from_enum(dtype_enum)
     if raw.dtype == object or raw.dtype.kind in "USV":
         raise invalid_argument(f"input '{name}': expects {dt.name} values, got non-numeric JSON values")
     target = dt.numpy
