@@ -15,8 +15,9 @@ from fastserve.dtypes import DataType
 from fastserve.errors import ServingError
 
 
-def reference(body: bytes, key: str) -> np.ndarray:
-    return np.asarray(orjson.loads(body)[key])
+def reference(body: bytes, key: str, name: str | None = None) -> np.ndarray:
+    value = orjson.loads(body)[key]
+    return np.asarray(value if name is None else value[name])
 
 
 def assert_same(got: np.ndarray, want: np.ndarray) -> None:
@@ -54,7 +55,7 @@ def test_numbers_are_read_exactly_as_a_json_parser_and_numpy_read_them():
     rng = random.Random(3)
     for _ in range(50):
         body = ('{"instances": [' + ", ".join(number_texts(rng, 2000)) + "]}").encode()
-        assert_same(parse_numeric_request(body)[2], reference(body, "instances"))
+        assert_same(parse_numeric_request(body)[3], reference(body, "instances"))
 
 
 @st.composite
@@ -66,24 +67,27 @@ def numeric_bodies(draw):
     flat = draw(st.lists(values, min_size=int(np.prod(shape)), max_size=int(np.prod(shape))))
     nested = np.array(flat, dtype=object).reshape(shape).tolist()
     key = draw(st.sampled_from(["instances", "inputs"]))
-    doc = {key: nested}
+    name = draw(st.one_of(st.none(), st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=8)))
+    if key == "instances":
+        name = None
+    doc = {key: nested if name is None else {name: nested}}
     if draw(st.booleans()):
         doc["signature_name"] = draw(st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=12))
     items = list(doc.items())
     if draw(st.booleans()):
         items.reverse()
     separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" ,\n", " :\t")]))
-    return json.dumps(dict(items), separators=separators, ensure_ascii=False).encode(), key, doc.get("signature_name")
+    return json.dumps(dict(items), separators=separators, ensure_ascii=False).encode(), key, name, doc.get("signature_name")
 
 
 @settings(max_examples=300, deadline=None)
 @given(numeric_bodies())
 def test_any_numeric_body_is_read_like_the_general_path(case):
-    body, key, signature_name = case
+    body, key, name, signature_name = case
     parsed = parse_numeric_request(body)
     assert parsed is not None, body
-    assert parsed[0] == signature_name and parsed[1] == key
-    assert_same(parsed[2], reference(body, key))
+    assert parsed[:3] == (signature_name, key, name)
+    assert_same(parsed[3], reference(body, key, name))
 
 
 @pytest.mark.parametrize("body", [
@@ -99,6 +103,8 @@ def test_any_numeric_body_is_read_like_the_general_path(case):
     b'{"instances": [1], "other": 2}', b'{"signature_name": "a"}', b'{"instances": 5}',
     b'{"signature_name": "a\\"b", "instances": [1]}',  # an escape in the string
     b'{"instances": [1]} x', b'{"instances": [1]', b'[1, 2]', b'', b'{"instances": [1]}\x00',
+    b'{"inputs": {"a": [1], "b": [2]}}', b'{"inputs": {}}', b'{"inputs": {"a": 1}}', b'{"instances": {"a": [1]}}',
+    b'{"inputs": {"a\\u0041": [1]}}',
 ])
 def test_other_bodies_are_left_to_the_general_parser(body):
     assert parse_numeric_request(body) is None
@@ -111,6 +117,7 @@ SIGNATURES = [
 ]
 BODIES = [
     b'{"instances": [[1.5, 2], [3, -4e2]]}', b'{"inputs": [[1, 2, 3]]}', b'{"instances": [300, -1]}',
+    b'{"inputs": {"x": [[1.5, 2]]}}', b'{"inputs": {"a": [1, 2]}}', b'{"inputs": {"nope": [1]}}',
     b'{"instances": [0.1, 0.2], "signature_name": "s"}', b'{"inputs": [[255, 0]]}', b'{"instances": [[1e40]]}',
 ]
 

@@ -184,3 +184,18 @@ def test_sigterm_exits_zero(start_server):
     assert rest_predict(server, "half_plus_two", {"instances": [[2.0]]}).status_code == 200
     assert server.stop() == 0
     assert "fastserve stopped" in server.log()
+
+
+def test_rest_expect_100_continue_is_answered_before_the_body(server):
+    """curl asks first for bodies over 1 MB; without an answer it waits a second before sending."""
+    body = b'{"instances": [[1.0]]}'
+    head = (b"POST /v1/models/half_plus_two:predict HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+    with socket.create_connection(("127.0.0.1", server.rest_port), timeout=10) as sock:
+        sock.sendall(head)
+        assert sock.recv(4096) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(body)
+        data = b""
+        while not data.endswith(b"]]}"):
+            data += sock.recv(65536)
+    assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b'{"predictions":[[2.5]]}')

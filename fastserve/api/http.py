@@ -118,6 +118,11 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes):
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self):
+        # A client that asks before sending its body (curl does, for bodies over 1 MB) is told to go on.
+        if self._headers.get("expect", "").lower() == "100-continue" and not self._broken:
+            self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def on_body(self, body: bytes):
         self._body_size += len(body)
         if self._body_size > self._max_body:

@@ -52,16 +52,17 @@ def _dumps_outputs(document, outputs: dict) -> bytes:
 class PredictBody:
     """A :predict request body, parsed once: its signature name, then its inputs for a signature.
 
-    A body that is only {"instances" | "inputs": <nested array of numbers>} (and maybe a
-    "signature_name") is read straight into one array (csrc/json_numbers.pyx); any other
-    goes through orjson and decode_request. Both give the same arrays and the same errors.
+    A body that is only {"instances" | "inputs": <nested array of numbers>} or {"inputs":
+    {"<name>": <nested array of numbers>}} (and maybe a "signature_name") is read straight
+    into one array (csrc/json_numbers.pyx); any other goes through orjson and
+    decode_request. Both give the same arrays and the same errors.
     """
 
     __slots__ = ("_body", "_numbers", "_doc")
 
     def __init__(self, body: bytes):
         self._body = body
-        self._numbers = parse_numeric_request(body)  # (signature name | None, key, array) or None
+        self._numbers = parse_numeric_request(body)  # (signature name | None, key, input name | None, array) or None
         self._doc = None if self._numbers is not None else loads(body)
 
     @property
@@ -76,9 +77,11 @@ class PredictBody:
 
     def decode(self, input_dtypes: dict[str, int]) -> tuple[dict[str, np.ndarray], bool]:
         """({input name: array}, row_format) for a signature with these input dtypes."""
-        if self._numbers is not None and len(input_dtypes) == 1:
-            _, key, raw = self._numbers
-            name, dtype_enum = next(iter(input_dtypes.items()))
+        if self._numbers is not None:
+            _, key, name, raw = self._numbers
+            if name is None and len(input_dtypes) == 1:  # the only input, unnamed
+                name = next(iter(input_dtypes))
+            dtype_enum = input_dtypes.get(name, DataType.DT_STRING) if name is not None else DataType.DT_STRING
             if dtype_enum != DataType.DT_STRING:
                 return {name: _typed(raw, dtype_enum, name)}, key == "instances"
         if self._doc is None:  # numbers, but for a signature they do not fit: decode_request says why
