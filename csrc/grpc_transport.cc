@@ -45,6 +45,15 @@ namespace {
 
 struct Call;
 
+// A call's contents as Python gets them, copied out of the call under the server's lock.
+struct Taken {
+  uint64_t id;
+  std::string method;
+  std::vector<grpc::Slice> payload;
+  std::vector<std::pair<std::string, std::string>> metadata;
+  std::chrono::system_clock::time_point deadline;
+};
+
 enum class TagKind { kNew, kRead, kFinish, kDone, kSend };
 
 struct Tag {
@@ -114,25 +123,32 @@ class Server {
     return "";
   }
 
-  // Under the GIL: hand every pending call and cancellation to Python.
+  // Called with the GIL: hand every pending call and cancellation to Python. mu_ is taken
+  // with the GIL released (the CQ thread holds mu_ while it drives gRPC, and Python's other
+  // threads must not wait for that), and the calls' contents are copied out under mu_ (Stop
+  // may free a call once mu_ is released), then turned into Python objects without mu_.
   PyObject* Take() {
-    // Holding mu_ under the GIL cannot deadlock: no thread takes the GIL while holding mu_.
-    // It keeps Stop from freeing the calls while they are copied out.
-    std::vector<Call*> calls;
+    std::vector<Taken> calls;
     std::vector<uint64_t> cancelled;
     std::vector<std::string> expired;
-    std::lock_guard<std::mutex> lock(mu_);
-    uint64_t counter;
-    (void)!read(event_fd_, &counter, sizeof counter);  // re-arm the wake-up
-    signalled_ = false;
-    calls.swap(pending_);
-    cancelled.swap(cancelled_);
-    expired.swap(expired_);
+    Py_BEGIN_ALLOW_THREADS
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      uint64_t counter;
+      (void)!read(event_fd_, &counter, sizeof counter);  // re-arm the wake-up
+      signalled_ = false;
+      calls.reserve(pending_.size());
+      for (Call* call : pending_) calls.push_back(TakeOut(call));
+      pending_.clear();
+      cancelled.swap(cancelled_);
+      expired.swap(expired_);
+    }
+    Py_END_ALLOW_THREADS
     PyObject* call_list = PyList_New(calls.size());
     if (!call_list) return nullptr;
     auto now = std::chrono::system_clock::now();
     for (size_t i = 0; i < calls.size(); ++i) {
-      PyObject* item = CallToPython(calls[i], now);
+      PyObject* item = TakenToPython(calls[i], now);
       if (!item) {
         Py_DECREF(call_list);
         return nullptr;
@@ -340,30 +356,41 @@ class Server {
     }
   }
 
-  // Under the GIL.
-  PyObject* CallToPython(Call* call, std::chrono::system_clock::time_point now) {
-    std::vector<grpc::Slice> slices;
-    call->request.Dump(&slices);
+  // Under mu_: what Python needs of a call, owned here (the payload's slices are ref-counted).
+  Taken TakeOut(Call* call) {
+    Taken taken;
+    taken.id = call->id;
+    taken.method = call->ctx.method();
+    call->request.Dump(&taken.payload);
+    call->request.Clear();
+    for (const auto& entry : call->ctx.client_metadata()) {
+      taken.metadata.emplace_back(std::string(entry.first.data(), entry.first.size()),
+                                  std::string(entry.second.data(), entry.second.size()));
+    }
+    taken.deadline = call->ctx.deadline();
+    return taken;
+  }
+
+  // Under the GIL: (id, method, payload, metadata, timeout_s | None).
+  static PyObject* TakenToPython(const Taken& call, std::chrono::system_clock::time_point now) {
     size_t size = 0;
-    for (const auto& slice : slices) size += slice.size();
+    for (const auto& slice : call.payload) size += slice.size();
     PyObject* payload = PyBytes_FromStringAndSize(nullptr, size);
     if (!payload) return nullptr;
     char* out = PyBytes_AS_STRING(payload);
-    for (const auto& slice : slices) {
+    for (const auto& slice : call.payload) {
       memcpy(out, slice.begin(), slice.size());
       out += slice.size();
     }
-    call->request.Clear();
-    const auto& client_metadata = call->ctx.client_metadata();
-    PyObject* metadata = PyTuple_New(client_metadata.size());
+    PyObject* metadata = PyTuple_New(call.metadata.size());
     if (!metadata) {
       Py_DECREF(payload);
       return nullptr;
     }
     Py_ssize_t i = 0;
-    for (const auto& entry : client_metadata) {
-      const auto& key = entry.first;
-      const auto& value = entry.second;
+    for (const auto& entry : call.metadata) {
+      const std::string& key = entry.first;
+      const std::string& value = entry.second;
       bool binary = key.size() > 4 && memcmp(key.data() + key.size() - 4, "-bin", 4) == 0;
       PyObject* pair = Py_BuildValue(binary ? "(s#y#)" : "(s#s#)", key.data(), (Py_ssize_t)key.size(),
                                      value.data(), (Py_ssize_t)value.size());
@@ -380,14 +407,12 @@ class Server {
       PyTuple_SET_ITEM(metadata, i++, pair);
     }
     PyObject* timeout;
-    auto deadline = call->ctx.deadline();
-    if (deadline == std::chrono::system_clock::time_point::max()) {
+    if (call.deadline == std::chrono::system_clock::time_point::max()) {
       timeout = Py_NewRef(Py_None);
     } else {
-      timeout = PyFloat_FromDouble(std::chrono::duration<double>(deadline - now).count());
+      timeout = PyFloat_FromDouble(std::chrono::duration<double>(call.deadline - now).count());
     }
-    const std::string& method = call->ctx.method();
-    return Py_BuildValue("(Ks#NNN)", (unsigned long long)call->id, method.data(), (Py_ssize_t)method.size(),
+    return Py_BuildValue("(Ks#NNN)", (unsigned long long)call.id, call.method.data(), (Py_ssize_t)call.method.size(),
                          payload, metadata, timeout);
   }
 
