@@ -288,6 +288,28 @@ cdef Py_ssize_t _plain_string(_Parser* s) noexcept nogil:
     return p - start
 
 
+cdef Py_ssize_t _member_name(_Parser* s, const char** name) noexcept nogil:
+    """An object member's escape-free name and its colon; s.p moves to the value. -1: not one."""
+    _skip_space(s)
+    if s.p[0] != b'"':
+        return -1
+    name[0] = s.p + 1
+    cdef Py_ssize_t length = _plain_string(s)
+    _skip_space(s)
+    if length < 0 or s.p[0] != b':':
+        return -1
+    s.p += 1
+    _skip_space(s)
+    return length
+
+
+cdef str _text(const char* start, Py_ssize_t length):
+    try:
+        return start[:length].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 def parse_numeric_request(bytes body):
     cdef _Parser s
     cdef const char* key
@@ -313,16 +335,9 @@ def parse_numeric_request(bytes body):
             return None
         s.p += 1
         while True:
-            _skip_space(&s)
-            if s.p[0] != b'"':
+            length = _member_name(&s, &key)
+            if length < 0:
                 return None
-            key = s.p + 1
-            length = _plain_string(&s)
-            _skip_space(&s)
-            if length < 0 or s.p[0] != b':':
-                return None
-            s.p += 1
-            _skip_space(&s)
             if length == 14 and key[:14] == b"signature_name" and signature_name is None:
                 if s.p[0] != b'"':
                     return None
@@ -330,28 +345,17 @@ def parse_numeric_request(bytes body):
                 length = _plain_string(&s)
                 if length < 0:
                     return None
-                try:
-                    signature_name = key[:length].decode("utf-8")
-                except UnicodeDecodeError:
+                signature_name = _text(key, length)
+                if signature_name is None:
                     return None
             elif tensor_key is None and ((length == 9 and key[:9] == b"instances") or (length == 6 and key[:6] == b"inputs")):
                 tensor_key = key[:length].decode("ascii")
                 if tensor_key == "inputs" and s.p[0] == b'{':  # {"<input name>": <array>}
                     s.p += 1
-                    _skip_space(&s)
-                    if s.p[0] != b'"':
+                    length = _member_name(&s, &key)
+                    input_name = _text(key, length) if length >= 0 else None
+                    if input_name is None:
                         return None
-                    key = s.p + 1
-                    length = _plain_string(&s)
-                    _skip_space(&s)
-                    if length < 0 or s.p[0] != b':':
-                        return None
-                    try:
-                        input_name = key[:length].decode("utf-8")
-                    except UnicodeDecodeError:
-                        return None
-                    s.p += 1
-                    _skip_space(&s)
                     if s.p[0] != b'[' or _array(&s, 0) < 0 or _next_member(&s, b'}') != 0:
                         return None
                 elif s.p[0] != b'[' or _array(&s, 0) < 0:
