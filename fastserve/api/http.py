@@ -2,7 +2,8 @@
 
 Kept thin on purpose: the frontend's cost per request is a budget the batcher needs.
 Requests on one connection are handled concurrently; responses go out in order
-(HTTP pipelining). The application is one coroutine: app(request) -> Response.
+(HTTP pipelining). The application is one call: app(request) -> an awaitable Response
+(a coroutine, or a future it resolves itself).
 """
 import asyncio
 import functools

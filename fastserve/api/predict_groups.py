@@ -25,9 +25,8 @@ from google.protobuf.message import DecodeError
 from grpc import StatusCode
 from tensorflow_serving.apis import predict_pb2
 
-from fastserve import limits
 from fastserve.api.grpc_calls import Method
-from fastserve.api.request_groups import GroupSeries, batch_rows, submit
+from fastserve.api.request_groups import GroupSeries, admit, submit
 from fastserve.codec import tensor_proto
 from fastserve.errors import ServingError
 from fastserve.servables.signature import DEFAULT_SIGNATURE
@@ -71,31 +70,26 @@ class PredictGroups:
         except (DecodeError, ServingError):
             return None
         spec = request.model_spec
-        choice = spec.WhichOneof("version_choice")
-        version = spec.version.value if choice == "version" else spec.version_label if choice == "version_label" else None
         shapes = tuple(sorted((name, array.dtype.str, array.shape) for name, array in inputs.items()))
-        key = (spec.name, choice, version, spec.signature_name or DEFAULT_SIGNATURE, tuple(request.output_filter), shapes)
+        key = (spec.name, *self._service.version_choice(spec), spec.signature_name or DEFAULT_SIGNATURE,
+               tuple(request.output_filter), shapes)
         return key, inputs
 
     def _submit(self, key: tuple, members: list, started: float) -> bool:
         """Queue a group's rows; False: leave the whole group to the per-call path."""
-        name, choice, version, signature_key, output_filter, _ = key
+        name, version, label, signature_key, output_filter, _ = key
         first = members[0][1]
         try:
-            handle = self._service.registry.lookup(
-                name, version if choice == "version" else None, version if choice == "version_label" else None)
+            handle = self._service.registry.lookup(name, version, label)
         except ServingError:
             return False
         with handle:  # each queued task holds the version itself
             signature = handle.model.signatures.get(signature_key)
-            queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
-            rows = batch_rows(first)
-            if queue is None or not rows or rows > queue.config.max_batch_size:
+            admitted = admit(self._scheduler, handle, signature, first, self._service.max_tensor_elements) if signature is not None else None
+            if admitted is None:
                 return False
-            if not limits.within_elements(first, self._service.max_tensor_elements):
-                return False
+            queue, rows = admitted
             try:
-                signature.validate(first)
                 output_keys = signature.output_keys(output_filter)
             except ServingError:
                 return False

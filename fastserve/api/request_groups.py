@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import metrics
+from fastserve import limits, metrics
 from fastserve.batching.scheduler import BatchQueue
 from fastserve.errors import ServingError
 from fastserve.logs import request_log
@@ -26,6 +26,20 @@ def batch_rows(inputs: dict[str, np.ndarray]) -> int:
     """The batch size the inputs agree on; 0 when they have none (the per-request path says why)."""
     sizes = {array.shape[0] if array.ndim else -1 for array in inputs.values()}
     return sizes.pop() if len(sizes) == 1 and -1 not in sizes else 0
+
+
+def admit(scheduler, handle, signature, inputs: dict[str, np.ndarray], max_elements: int) -> tuple[BatchQueue, int] | None:
+    """(batch queue, rows per request) when a group can take these inputs; None: the per-request
+    path must serve them (the model is not batched, or it would refuse or reject them)."""
+    queue = scheduler.batch_queue(handle, signature)
+    rows = batch_rows(inputs)
+    if queue is None or not rows or rows > queue.config.max_batch_size or not limits.within_elements(inputs, max_elements):
+        return None
+    try:
+        signature.validate(inputs)
+    except ServingError:
+        return None
+    return queue, rows
 
 
 def submit(queue: BatchQueue, members: list[dict[str, np.ndarray]], rows: int, output_keys: tuple, answer: Answer) -> None:

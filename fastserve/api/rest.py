@@ -72,7 +72,11 @@ class RestApi:
         if self._groups is not None and request.method == "POST":
             match = _POST_RE.fullmatch(request.path)
             if match and match.group(4).lower() == "predict":
-                response = self._groups.predict(*match.group(1, 2, 3), request.body)
+                try:
+                    spec = _model_spec(*match.group(1, 2, 3))
+                except ServingError:
+                    spec = None  # the per-request path words the error
+                response = self._groups.predict(spec, request.body) if spec is not None else None
                 if response is not None:
                     return response
         return self._serve(request)

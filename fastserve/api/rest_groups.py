@@ -15,13 +15,13 @@ import asyncio
 import functools
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote
 
 from grpc import StatusCode
+from tensorflow_serving.apis import model_pb2
 
 from fastserve import limits
 from fastserve.api.http import Response
-from fastserve.api.request_groups import GroupSeries, batch_rows, submit
+from fastserve.api.request_groups import GroupSeries, admit, submit
 from fastserve.batching.scheduler import BatchQueue
 from fastserve.codec import json_tensor
 from fastserve.errors import HTTP_STATUS, ServingError
@@ -51,15 +51,16 @@ class RestGroups:
         self._error_response = error_response
         self._pending: dict[tuple, _Group] = {}
 
-    def predict(self, name: str, version: str | None, label: str | None, body: bytes) -> asyncio.Future | None:
+    def predict(self, spec: model_pb2.ModelSpec, body: bytes) -> asyncio.Future | None:
         """A future of the response, or None: serve this request on the per-request path."""
+        if not self._scheduler.batches(spec.name):
+            return None  # before parsing: the per-request path parses this body once
         started = time.perf_counter()
         try:
             request = json_tensor.PredictBody(body)
             key = request.signature_name or DEFAULT_SIGNATURE
-            handle = self._service.registry.lookup(
-                unquote(name), None if version is None else int(version), None if label is None else unquote(label))
-        except (ServingError, ValueError):
+            handle = self._service.lookup(spec)
+        except ServingError:
             return None
         admitted = self._admit(handle, key, request)
         if admitted is None:
@@ -83,18 +84,14 @@ class RestGroups:
     def _admit(self, handle: ServableHandle, key: str, request: json_tensor.PredictBody) -> tuple | None:
         """(signature, queue, inputs, row format, rows) of a request a group can take, else None."""
         signature = handle.model.signatures.get(key)
-        queue = self._scheduler.batch_queue(handle, signature) if signature is not None else None
-        if queue is None:
+        if signature is None:
             return None
         try:
             inputs, row_format = request.decode(signature.input_dtypes)
-            signature.validate(inputs)
         except ServingError:
             return None
-        rows = batch_rows(inputs)
-        if not rows or rows > queue.config.max_batch_size or not limits.within_elements(inputs, self._service.max_tensor_elements):
-            return None
-        return signature, queue, inputs, row_format, rows
+        admitted = admit(self._scheduler, handle, signature, inputs, self._service.max_tensor_elements)
+        return None if admitted is None else (signature, admitted[0], inputs, row_format, admitted[1])
 
     def _flush(self) -> None:
         """Queue this loop iteration's groups."""

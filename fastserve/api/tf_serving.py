@@ -44,10 +44,13 @@ class TFServingService:
     # ------------------------------------------------------------ shared steps
 
     def lookup(self, spec: model_pb2.ModelSpec) -> ServableHandle:
+        return self.registry.lookup(spec.name, *self.version_choice(spec))
+
+    @staticmethod
+    def version_choice(spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
+        """(version, label) a ModelSpec asks for; both None: the latest."""
         choice = spec.WhichOneof("version_choice")
-        version = spec.version.value if choice == "version" else None
-        label = spec.version_label if choice == "version_label" else None
-        return self.registry.lookup(spec.name, version, label)
+        return (spec.version.value if choice == "version" else None, spec.version_label if choice == "version_label" else None)
 
     max_tensor_elements = 0  # set from ServerConfig; 0 = no limit
 

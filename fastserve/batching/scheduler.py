@@ -363,6 +363,9 @@ class Scheduler:
             return await self._plain.run(handle, signature, inputs, output_keys)
         return await queue.submit(inputs, rows, output_keys)
 
+    def batches(self, model: str) -> bool:
+        return self._batching.get(model) is not None
+
     def batch_queue(self, handle: ServableHandle, signature: Signature) -> BatchQueue | None:
         """The queue of a batched model's version x signature; None when the model is not batched."""
         queue = self._queues.get((handle.servable, signature.key))
