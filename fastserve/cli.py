@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     own = p.add_argument_group("fastserve flags")
     own.add_argument("--host", help="address to bind (default 0.0.0.0)")
     own.add_argument("--executor_threads", type=int, help="threads that run models (default 4)")
+    own.add_argument("--check_before_available", type=_bool, nargs="?", const=True,
+                     help="run every signature of a new version once before it serves (default true)")
     own.add_argument("--shutdown_grace_seconds", type=float, help="graceful shutdown limit (default 30)")
     own.add_argument("--grpc_transport", choices=("native", "aio"), help="gRPC server: native (libgrpc++; default where built) or aio (grpc.aio)")
     own.add_argument("--log_level", default=os.environ.get("FASTSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
@@ -130,6 +132,7 @@ def config_from_args(args: argparse.Namespace):
         model_config_file_poll_wait_seconds=args.model_config_file_poll_wait_seconds,
         enable_model_warmup=args.enable_model_warmup,
         num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
+        check_before_available=args.check_before_available,
     )
     cfg.check_model_root(config.models, config.model_root)
     return config

@@ -38,16 +38,19 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       enable_batching: false             # batch every model (TF Serving's --enable_batching)
       batching_parameters: {}            # the batching section every model gets when enable_batching is set
       cpu_devices: 1                     # split the CPU into this many TensorFlow devices (CPU:0..N-1)
+      check_before_available: true       # run every signature once before a version serves (warm-up
+                                         #   records, else a synthetic request); false skips the synthetic runs
     models:
       - name: half_plus_two
         base_path: models/half_plus_two  # relative paths are relative to this file
         version_policy: {latest: 1}      # or: all, or {specific: [1, 2]}
         version_labels: {stable: 1}
-        runtime: session                 # session (default) or function
+        runtime: auto                    # auto (default): session if every signature runs on it, else
+                                         #   function; or session, or function
         load_policy: availability_preserving  # or resource_preserving: unload the old version first
-        synthetic_warmup: false          # warm up from the signatures when the model ships no warm-up file
-        devices: []                      # run this model's batches on these devices (CPU:N, GPU:N): one group
-                                         #   of batch threads per device; needs batching and runtime: function
+        check_before_available: true     # this model's own server.check_before_available
+        devices: []                      # run this model's batches on these devices (CPU:N, GPU:N): one
+                                         #   instance and group of batch threads per device; needs batching
         instances_per_device: 1          # batch threads per device (like Triton's instance groups)
         batching:                        # dynamic batching for this model (TF Serving's BatchingParameters)
           max_batch_size: 1000           # rows per batch; also the largest request accepted
@@ -66,7 +69,7 @@ from pathlib import Path
 import yaml
 from google.protobuf import text_format
 
-from fastserve.servables.saved_model import RUNTIMES
+from fastserve.servables.saved_model import AUTO, RUNTIMES
 from fastserve.text_proto import message_classes
 from fastserve.tls import SSLConfig, SSLConfigError, load_ssl_config_file
 
@@ -96,9 +99,9 @@ class ModelConfig:
     base_path: str
     version_policy: VersionPolicy = VersionPolicy()
     version_labels: dict = field(default_factory=dict)
-    runtime: str = "session"
+    runtime: str = AUTO
     load_policy: str = "availability_preserving"
-    synthetic_warmup: bool = False
+    check_before_available: bool | None = None  # None: the server's setting
     batching: "BatchingConfig | None" = None  # None: no batching unless the server enables it
     devices: tuple[str, ...] = ()  # TensorFlow device names; () = TensorFlow places the model
     instances_per_device: int = 1
@@ -140,6 +143,7 @@ class ServerConfig:
     enable_batching: bool = False
     batching_parameters: "BatchingConfig | None" = None  # for every model when enable_batching is set
     cpu_devices: int = 1
+    check_before_available: bool = True
     model_config_file: str = ""  # where the model list came from, for reloads
     model_config_format: str = ""  # "yaml" or "text_proto" (TF Serving's ModelServerConfig)
     models: tuple[ModelConfig, ...] = ()
@@ -151,6 +155,10 @@ class ServerConfig:
         if self.enable_batching:
             return self.batching_parameters or BatchingConfig()
         return None
+
+    def checks_before_available(self, model: ModelConfig) -> bool:
+        """Whether a new version of the model runs each signature once before it serves."""
+        return self.check_before_available if model.check_before_available is None else model.check_before_available
 
     def with_overrides(self, **changes) -> "ServerConfig":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -190,8 +198,9 @@ _SERVER_TYPES = {
     "enable_batching": bool,
     "batching_parameters": dict,
     "cpu_devices": int,
+    "check_before_available": bool,
 }
-_MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "synthetic_warmup", "batching",
+_MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "check_before_available", "batching",
                "devices", "instances_per_device")
 
 
@@ -332,15 +341,15 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
     for key in ("name", "base_path"):
         if not isinstance(doc.get(key), str) or not doc[key]:
             raise ConfigError(f"{where}.{key}: required, a non-empty string")
-    runtime = doc.get("runtime", "session")
+    runtime = doc.get("runtime", AUTO)
     if runtime not in RUNTIMES:
         raise ConfigError(f"{where}.runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     load_policy = doc.get("load_policy", "availability_preserving")
     if load_policy not in LOAD_POLICIES:
         raise ConfigError(f"{where}.load_policy: must be one of {', '.join(LOAD_POLICIES)}, got {load_policy!r}")
-    synthetic_warmup = doc.get("synthetic_warmup", False)
-    if not isinstance(synthetic_warmup, bool):
-        raise ConfigError(f"{where}.synthetic_warmup: expected true or false, got {synthetic_warmup!r}")
+    check = doc.get("check_before_available")
+    if check is not None and not isinstance(check, bool):
+        raise ConfigError(f"{where}.check_before_available: expected true or false, got {check!r}")
     base_path = doc["base_path"]
     if not os.path.isabs(base_path):
         base_path = str(root / base_path)
@@ -351,13 +360,13 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
         version_labels=_labels(doc.get("version_labels") or {}, f"{where}.version_labels"),
         runtime=runtime,
         load_policy=load_policy,
-        synthetic_warmup=synthetic_warmup,
+        check_before_available=check,
         batching=None if doc.get("batching") is None else batching_config(doc["batching"], f"{where}.batching"),
-        **_placement(doc, runtime, where),
+        **_placement(doc, where),
     )
 
 
-def _placement(doc: dict, runtime: str, where: str) -> dict:
+def _placement(doc: dict, where: str) -> dict:
     """devices and instances_per_device of one model."""
     from fastserve.batching.devices import normalize
 
@@ -370,8 +379,6 @@ def _placement(doc: dict, runtime: str, where: str) -> dict:
         raise ConfigError(f"{where}.devices: {exc}") from None
     if len(set(devices)) != len(devices):
         raise ConfigError(f"{where}.devices: a device is listed twice")
-    if devices and runtime != "function":
-        raise ConfigError(f"{where}.devices: needs runtime: function (a session places its graph when it loads)")
     instances = doc.get("instances_per_device", 1)
     if not isinstance(instances, int) or isinstance(instances, bool) or instances < 1:
         raise ConfigError(f"{where}.instances_per_device: expected a positive integer, got {instances!r}")

@@ -66,6 +66,12 @@ LOAD_SECONDS = Histogram(
 WARMUP_SECONDS = Histogram(
     "fastserve_model_warmup_seconds", "Time replaying a model version's warm-up requests (part of its load).",
     ["model"], buckets=_LOAD_BUCKETS, registry=REGISTRY)
+CHECK_SECONDS = Histogram(
+    "fastserve_model_check_seconds", "Time running a new version's signatures once on synthetic requests (part of its load).",
+    ["model"], buckets=_LOAD_BUCKETS, registry=REGISTRY)
+MODEL_RUNTIME = Gauge(
+    "fastserve_model_runtime", "1 for the runtime (session or function) each loaded model version runs on.",
+    ["model", "version", "runtime"], registry=REGISTRY)
 
 STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 UNKNOWN_MODEL = ""  # the model label of requests for models that are not served
@@ -274,6 +280,14 @@ def model_state(model: str, version: int, state: str, previous_state: str | None
         LOAD_SECONDS.labels(model).observe(now - previous_since)
     elif failed and previous_state == "LOADING":
         LOAD_ATTEMPTS.labels(model, "fail").inc()
+
+
+def model_runtime(model: str, version: int, runtime: str, loaded: bool) -> None:
+    """The runtime a version serves on: a series while it is loaded, none after."""
+    if loaded:
+        MODEL_RUNTIME.labels(model, str(version), runtime).set(1)
+    else:
+        MODEL_RUNTIME.remove(model, str(version), runtime)
 
 
 # ---------------------------------------------------------------- GPUs (Triton's nv_gpu_* set)

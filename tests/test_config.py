@@ -49,7 +49,7 @@ models:
         ("models: [{base_path: /x}]", "models[0].name: required"),
         ("models: [{name: a, base_path: /x, version_policy: {latest: 0}}]", "version_policy.latest: expected a positive integer"),
         ("models: [{name: a, base_path: /x, version_policy: {newest: 1}}]", "unknown policy 'newest'"),
-        ("models: [{name: a, base_path: /x, runtime: torch}]", "models[0].runtime: must be one of session, function"),
+        ("models: [{name: a, base_path: /x, runtime: torch}]", "models[0].runtime: must be one of auto, session, function"),
         ("models: [{name: a, base_path: /x, version_labels: {stable: x}}]", "version_labels.stable: expected a version number"),
         ("models: [{name: a, base_path: /x}, {name: a, base_path: /y}]", "model 'a' is configured twice"),
         ("models: {a: 1}", "models: must be a list"),

@@ -49,7 +49,7 @@ models:
   - {{name: corrupt, base_path: {root / 'corrupt'}}}
   - {{name: labels, base_path: {root / 'labels'}, version_policy: all, version_labels: {{stable: 1, canary: 2, future: 9}}}}
   - {{name: warm, base_path: {root / 'warm'}}}
-  - {{name: badwarm, base_path: {root / 'badwarm'}, synthetic_warmup: true}}
+  - {{name: badwarm, base_path: {root / 'badwarm'}}}
   - {{name: lean, base_path: {root / 'lean'}, load_policy: resource_preserving}}
   - {{name: warm_examples, base_path: {root / 'warm_examples'}}}
 """)
@@ -241,10 +241,12 @@ def test_half_copied_version_is_not_loaded(env, staging):
     shutil.rmtree(target)
 
 
-def test_synthetic_warm_up_for_models_without_a_file(env):
+def test_every_signature_is_checked_before_a_version_serves(env):
     server, root = env
-    line = next(l for l in server.log().splitlines() if "warm-up of" in l and "/badwarm/1" in l)
-    assert ": 2 requests" in line  # one per signature (serving_default, slow), inputs built from the specs
+    line = next(l for l in server.log().splitlines() if "check of" in l and "/badwarm/1" in l)
+    assert "(session runtime): serving_default, slow answered a synthetic request" in line  # inputs built from the specs
+    line = next(l for l in server.log().splitlines() if "check of" in l and "/warm/1" in l)
+    assert "slow answered" in line and "serving_default" not in line  # the warm-up records ran serving_default
 
 
 def test_resource_preserving_policy_unloads_first(env, staging):

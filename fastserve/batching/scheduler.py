@@ -98,8 +98,8 @@ class BatchQueue:
         self._wake_rows = 1  # a sleeping batch thread wants waking once this many rows wait
         self._closed = False
         stats.watch_queue(self.key, lambda: (len(self._queue) + len(self._carry), self._queue.rows))
-        # One batch thread per instance per device (each pinned to its device), else
-        # num_batch_threads threads that TensorFlow places.
+        # instances_per_device batch threads per device, each running the version's instance
+        # on its device; else num_batch_threads threads running the one instance.
         placement = [d for d in devices for _ in range(instances_per_device)] or [None] * config.num_batch_threads
         self._threads = [
             threading.Thread(target=self._work, args=(device,), name=f"fastserve-batch-{servable.name}-{i}", daemon=True)
@@ -141,22 +141,14 @@ class BatchQueue:
     # ------------------------------------------------------------ batch threads
 
     def _work(self, device: str | None) -> None:
-        if device is not None:
-            import tensorflow as tf
-
-            with tf.device(device):  # the device scope is per thread: it covers every batch this thread runs
-                self._batch_loop()
-        else:
-            self._batch_loop()
-
-    def _batch_loop(self) -> None:
+        signature = self._signature.on(device)  # the version's instance on this thread's device
         assembler = BatchAssembler(self.config.pad_variable_length_inputs)
         while True:
             with self._forming:
                 pieces = self._next_batch()
             if pieces is None:
                 return
-            self._execute(pieces, assembler)
+            self._execute(pieces, signature, assembler)
 
     def _next_batch(self):
         """[(task, start, stop)] totalling at most the batch capacity; None once closed and empty."""
@@ -215,7 +207,7 @@ class BatchQueue:
             self._wake.wait(timeout)
         self._sleeping = False
 
-    def _execute(self, pieces, assembler: BatchAssembler) -> None:
+    def _execute(self, pieces, signature: Signature, assembler: BatchAssembler) -> None:
         start = time.monotonic()
         rows = sum(stop - begin for _, begin, stop in pieces)
         padded = self.config.padded_size(rows)
@@ -225,7 +217,7 @@ class BatchQueue:
                 key: assembler.gather(key, [rows for t, a, b in pieces for rows in t.rows_of(key, a, b)], padded)
                 for key in pieces[0][0].inputs
             }
-            outputs = assembler.detach(self._signature.run(inputs, output_keys))
+            outputs = assembler.detach(signature.run(inputs, output_keys))
             for name, array in outputs.items():
                 if array.ndim == 0 or array.shape[0] != padded:
                     raise ServingError(
@@ -367,12 +359,13 @@ class Scheduler:
         return self._batching.get(model) is not None
 
     def batch_queue(self, handle: ServableHandle, signature: Signature) -> BatchQueue | None:
-        """The queue of a batched model's version x signature; None when the model is not batched."""
+        """The queue of a batched model's version x signature; None when the model is not batched
+        or the signature has no batch dimension (it runs as it is)."""
         queue = self._queues.get((handle.servable, signature.key))
         if queue is not None:
             return queue
         config = self._batching.get(handle.name)
-        return None if config is None else self._open(handle.servable, signature, config)
+        return None if config is None or not signature.batchable else self._open(handle.servable, signature, config)
 
     def _open(self, servable: ServableVersion, signature: Signature, config: BatchingConfig) -> BatchQueue:
         with self._lock:

@@ -23,10 +23,11 @@ from grpc import StatusCode
 from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig, outside_root
 from fastserve.errors import ServingError
-from fastserve.servables import saved_model, warmup
+from fastserve.servables import saved_model
 from fastserve.servables.registry import Registry, ServableVersion
 from fastserve.servables.source import VersionScanner, fingerprint
 from fastserve.servables.state import AVAILABLE, END, LOADING, START, UNLOADING, StateMonitor
+from fastserve.servables.version_loader import load_version
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class ModelManager:
         self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load")
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._session_config = _session_config(config)
+        self._session_config = session_config(config)
         self.unload_listeners = []  # called with each drained ServableVersion before it is freed
 
     # ------------------------------------------------------------ lifecycle
@@ -123,7 +124,7 @@ class ModelManager:
         added, changed = [], []
         for config in models:
             model = current.get(config.name)
-            if model is None or (model.config.base_path, model.config.runtime) != (config.base_path, config.runtime):
+            if model is None or _loaded_as(model.config) != _loaded_as(config):
                 added.append(config)
             elif model.config != config:
                 changed.append((model, config))
@@ -229,18 +230,16 @@ class ModelManager:
             escaped = outside_root(path, cfg.model_root, recursive=True)
             if escaped:  # a version directory (or a file in it) linked from outside the model root
                 raise saved_model.LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
-            loaded = saved_model.load(path, cfg.saved_model_tags, model.config.runtime, self._session_config)
-            self._warm_up(loaded, model.config)
+            loaded = load_version(path, model.config, cfg, self._session_config, version)
         except saved_model.LoadError as exc:
             code, error = exc.code, str(exc)
-        except warmup.WarmupError as exc:
-            code, error = StatusCode.INVALID_ARGUMENT, f"warm-up failed: {exc}"
         except Exception as exc:  # TF raises many types; none may escape the manager
             code, error = StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
         else:
             model.failed.pop(version, None)
             model.loaded[version] = ServableVersion(name, version, loaded)
             self._publish(model)
+            metrics.model_runtime(name, version, loaded.runtime, loaded=True)
             self._monitor.set(name, version, AVAILABLE)
             return
         interval = max(0.0, cfg.load_retry_interval_seconds)
@@ -253,17 +252,6 @@ class ModelManager:
                 f"{error} (attempt {attempt} of {attempts_allowed} failed; retrying in {interval:g}s)",
             )
 
-    def _warm_up(self, loaded: saved_model.LoadedModel, config: ModelConfig) -> None:
-        if not self._config.enable_model_warmup:
-            return
-        started = time.monotonic()
-        try:
-            if warmup.warm_up(loaded, self._config.num_request_iterations_for_warmup, config.synthetic_warmup):
-                metrics.WARMUP_SECONDS.labels(config.name).observe(time.monotonic() - started)
-        except BaseException:
-            loaded.close()
-            raise
-
     def _unload(self, model: _Model, version: int, drain_timeout: float | None = None) -> None:
         name = model.config.name
         servable = model.loaded.pop(version)
@@ -274,6 +262,7 @@ class ModelManager:
             log.warning("model %s version %d: %d requests still in flight at unload", name, version, servable.in_flight)
         for listener in self.unload_listeners:
             listener(servable)
+        metrics.model_runtime(name, version, servable.model.runtime, loaded=False)
         servable.model.close()
         self._monitor.set(name, version, END)
 
@@ -287,11 +276,17 @@ class ModelManager:
         self._registry.update(model.config.name, model.loaded, labels)
 
 
-def _session_config(config: ServerConfig) -> tf.compat.v1.ConfigProto:
+def _loaded_as(config: ModelConfig) -> tuple:
+    """What a loaded version is made of: a change reloads the model's versions."""
+    return config.base_path, config.runtime, config.devices
+
+
+def session_config(config: ServerConfig) -> tf.compat.v1.ConfigProto:
     proto = tf.compat.v1.ConfigProto(
         intra_op_parallelism_threads=config.tensorflow_intra_op_parallelism,
         inter_op_parallelism_threads=config.tensorflow_inter_op_parallelism,
         allow_soft_placement=True,
+        device_count={"CPU": config.cpu_devices},  # server.cpu_devices: CPU:0..N-1 in every session too
     )
     proto.gpu_options.allow_growth = True
     return proto

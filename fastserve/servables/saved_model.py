@@ -1,19 +1,23 @@
-"""Loading one SavedModel version and running its signatures.
+"""Loading one SavedModel version with one runtime, and running its signatures.
 
 Two runtimes sit behind one Signature interface:
 
-* "session" (default): the MetaGraph is loaded into a tf.compat.v1.Session and a
-  signature runs as a Session callable that feeds and fetches the SignatureDef's
-  tensors directly. This is how TensorFlow Serving itself runs every SavedModel,
-  TF1 and TF2 alike; it works for TF1 models that tf.saved_model.load cannot
-  restore, lets TensorFlow decide which shapes run (a [-1,1] signature accepts
-  shape [3], as in TF Serving) and costs ~45 us a call against ~300-550 us for a
-  concrete function call on this machine.
-* "function": tf.saved_model.load and the signatures' concrete functions, for
-  models that need TF2's object restoring. Used when asked for, or when the
-  session loader cannot load the model.
+* "session": the MetaGraph is loaded into a tf.compat.v1.Session, as TensorFlow
+  Serving's C++ loader does, and a signature runs as a Session callable that feeds
+  and fetches the SignatureDef's tensors directly. It runs TF1 models that
+  tf.saved_model.load cannot restore, lets TensorFlow decide which shapes run (a
+  [-1,1] signature accepts shape [3], as in TF Serving) and costs ~45 us a call
+  against ~300-550 us for a concrete function call on this machine. The variables
+  of TF2 models whose saver misses some (Keras 3) are restored from the object graph.
+* "function": tf.saved_model.load and the signatures' concrete functions (TF2's
+  object restoring, eager calls).
+
+Which runtime serves a version ("auto") is decided by servables/version_loader.py.
+Given devices, a version gets one instance per device: a session whose graph is
+placed on that device, or the concrete functions called under that device.
 """
 import logging
+import os
 import threading
 
 import numpy as np
@@ -23,11 +27,13 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from fastserve.errors import from_tensorflow, invalid_argument
+from fastserve.servables import captured_variables
 from fastserve.servables.signature import Signature
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("session", "function")
+AUTO, SESSION, FUNCTION = "auto", "session", "function"
+RUNTIMES = (AUTO, SESSION, FUNCTION)
 
 
 class LoadError(Exception):
@@ -41,69 +47,112 @@ class LoadError(Exception):
 class LoadedModel:
     """One loaded version: its signatures and the metadata TF Serving reports."""
 
-    def __init__(self, path: str, meta_graph: meta_graph_pb2.MetaGraphDef, signatures: dict[str, Signature], runtime: str, closer):
+    def __init__(self, path: str, meta_graph: meta_graph_pb2.MetaGraphDef, signatures: dict[str, Signature], runtime: str,
+                 devices: tuple[str | None, ...], closers):
         self.path = path
         self.signature_defs = meta_graph.signature_def  # SignatureDefMap for GetModelMetadata
         self.signatures = signatures
         self.runtime = runtime
-        self._closer = closer
+        self.devices = devices  # one instance on each; (None,): one instance that TensorFlow places
+        self._closers = closers
 
     def close(self) -> None:
-        """Release the graph, session and variables."""
-        closer, self._closer = self._closer, None
+        """Release the graphs, sessions and variables."""
+        closers, self._closers = self._closers, []
         self.signatures = {}
-        if closer:
+        for closer in closers:
             closer()
 
 
-def load(path: str, tags=("serve",), runtime: str = "session", session_config: config_pb2.ConfigProto | None = None) -> LoadedModel:
+def read_meta_graph(path: str, tags) -> tuple[loader_impl.SavedModelLoader, meta_graph_pb2.MetaGraphDef]:
     try:
         loader = loader_impl.SavedModelLoader(path)
-        meta_graph = loader.get_meta_graph_def_from_tags(list(tags))
+        return loader, loader.get_meta_graph_def_from_tags(list(tags))
     except OSError as exc:
-        raise LoadError(f"not a SavedModel: {_first_line(exc)}", StatusCode.NOT_FOUND) from None
+        raise LoadError(f"not a SavedModel: {first_line(exc)}", StatusCode.NOT_FOUND) from None
     except (RuntimeError, ValueError) as exc:
-        raise LoadError(f"cannot read SavedModel at {path}: {_first_line(exc)}") from None
-    if runtime == "session":
-        try:
-            return _load_session(path, loader, meta_graph, tags, session_config)
-        except (tf.errors.OpError, ValueError, KeyError, TypeError) as exc:
-            log.warning("session loader failed for %s (%s); trying tf.saved_model.load", path, _first_line(exc))
+        raise LoadError(f"cannot read SavedModel at {path}: {first_line(exc)}") from None
+
+
+def load(path: str, runtime: str, tags=("serve",), session_config: config_pb2.ConfigProto | None = None,
+         devices: tuple[str, ...] = ()) -> LoadedModel:
+    """Load with one runtime (session or function); one instance per device, or one that
+    TensorFlow places when no devices are given."""
+    loader, meta_graph = read_meta_graph(path, tags)
     try:
-        return _load_function(path, meta_graph, tags)
+        if runtime == SESSION:
+            return _load_session(path, loader, meta_graph, tags, session_config, devices)
+        return _load_function(path, meta_graph, tags, devices)
     except (tf.errors.OpError, ValueError, KeyError, TypeError, AssertionError) as exc:
-        raise LoadError(f"cannot load SavedModel at {path}: {_first_line(exc)}") from None
+        code = StatusCode.UNKNOWN
+        if isinstance(exc, tf.errors.OpError):
+            code = from_tensorflow(exc).code
+        raise LoadError(f"cannot load SavedModel at {path} ({runtime} runtime): {first_line(exc)}", code) from None
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     text = getattr(exc, "message", None) or str(exc)
     return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+
+
+def _servable_keys(meta_graph: meta_graph_pb2.MetaGraphDef):
+    # TF2's __saved_model_init_op (and friends) are init ops, not servable signatures.
+    return [key for key in meta_graph.signature_def if not key.startswith("__")]
+
+
+def _placed(per_device: list[tuple[str | None, dict]], meta_graph, runtime, closers, path) -> LoadedModel:
+    """A LoadedModel whose signatures run on the first instance and know every other one."""
+    default = per_device[0][1]
+    signatures = {}
+    for key in default:
+        instances = {device: runners[key] for device, runners in per_device}
+        signatures[key] = Signature(key, meta_graph.signature_def[key], default[key], instances)
+    return LoadedModel(path, meta_graph, signatures, runtime, tuple(device for device, _ in per_device), closers)
 
 
 # ---------------------------------------------------------------- session runtime
 
 
-def _load_session(path, loader, meta_graph, tags, session_config) -> LoadedModel:
+def _load_session(path, loader, meta_graph, tags, session_config, devices) -> LoadedModel:
+    per_device, closers = [], []
+    try:
+        for device in devices or (None,):
+            session = _session(path, loader, meta_graph, tags, session_config, device)
+            closers.append(session.close)
+            per_device.append((device, {key: _SessionRunner(session, meta_graph.signature_def[key]) for key in _servable_keys(meta_graph)}))
+    except BaseException:
+        for close in closers:
+            close()
+        raise
+    return _placed(per_device, meta_graph, SESSION, closers, path)
+
+
+def _session(path, loader, meta_graph, tags, session_config, device) -> tf.compat.v1.Session:
+    """A session holding the version, its graph on `device` (None: as saved, TensorFlow places)."""
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=session_config)
     try:
         with graph.as_default():
-            loader.load(session, list(tags))
+            if device is None:
+                loader.load(session, list(tags))
+            else:
+                with tf.device(device):  # the saved devices are cleared; every node goes on this one
+                    loader.load(session, list(tags), clear_devices=True)
+            variables = os.path.join(path, "variables", "variables")
+            if os.path.exists(variables + ".index"):
+                captured_variables.restore_uninitialized(session, meta_graph, variables)
+        graph.finalize()  # nothing may add nodes to a serving graph from here on
     except BaseException:
         session.close()
         raise
-    signatures = {
-        key: Signature(key, sig_def, _SessionRunner(session, sig_def))
-        for key, sig_def in meta_graph.signature_def.items()
-    }
-    return LoadedModel(path, meta_graph, signatures, "session", session.close)
+    return session
 
 
 class _SessionRunner:
     """Runs one SignatureDef with Session callables, one per (inputs, outputs) combination."""
 
     def __init__(self, session: tf.compat.v1.Session, signature_def: meta_graph_pb2.SignatureDef):
-        self._session = session
+        self.session = session
         self._inputs = {k: v.name for k, v in signature_def.inputs.items()}
         self._outputs = {k: v.name for k, v in signature_def.outputs.items()}
         self._callables = {}
@@ -127,7 +176,7 @@ class _SessionRunner:
             fn = self._callables.get((input_keys, output_keys))
             if fn is None:
                 # The C++ Session::MakeCallable API: no Python-side feed checks, one C call a run.
-                fn = self._session._make_callable_from_options(options)  # noqa: SLF001
+                fn = self.session._make_callable_from_options(options)  # noqa: SLF001
                 self._callables[(input_keys, output_keys)] = fn
         return fn
 
@@ -135,27 +184,31 @@ class _SessionRunner:
 # ---------------------------------------------------------------- function runtime
 
 
-def _load_function(path, meta_graph, tags) -> LoadedModel:
+def _load_function(path, meta_graph, tags, devices) -> LoadedModel:
     obj = tf.saved_model.load(path, tags=list(tags))
-    signatures = {}
-    for key, sig_def in meta_graph.signature_def.items():
-        if key in obj.signatures:
-            signatures[key] = Signature(key, sig_def, _FunctionRunner(obj.signatures[key]))
+    keys = [key for key in _servable_keys(meta_graph) if key in obj.signatures]
+    per_device = [(device, {key: _FunctionRunner(obj.signatures[key], device) for key in keys}) for device in devices or (None,)]
     holder = {"obj": obj}
-    return LoadedModel(path, meta_graph, signatures, "function", holder.clear)
+    return _placed(per_device, meta_graph, FUNCTION, [holder.clear], path)
 
 
 class _FunctionRunner:
-    """Runs a signature's concrete function (eager call; TF releases the GIL inside)."""
+    """Runs a signature's concrete function (eager call; TF releases the GIL inside),
+    on one device when given one."""
 
-    def __init__(self, function):
+    def __init__(self, function, device: str | None):
         self._function = function
+        self._device = device
 
     def __call__(self, inputs: dict[str, np.ndarray], output_keys: tuple[str, ...]) -> dict[str, np.ndarray]:
         try:
-            result = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
+            if self._device is None:
+                result = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
+            else:
+                with tf.device(self._device):
+                    result = self._function(**{k: tf.constant(v) for k, v in inputs.items()})
         except tf.errors.OpError as exc:
             raise from_tensorflow(exc) from None
         except (TypeError, ValueError) as exc:
-            raise invalid_argument(_first_line(exc)) from None
+            raise invalid_argument(first_line(exc)) from None
         return {k: result[k].numpy() for k in output_keys}

@@ -1,4 +1,5 @@
 """A signature of a loaded model: its input/output specs and how to run it."""
+import copy
 from dataclasses import dataclass
 from typing import Callable
 
@@ -30,14 +31,30 @@ class TensorSpec:
 
 
 class Signature:
-    def __init__(self, key: str, signature_def: meta_graph_pb2.SignatureDef, runner: Runner):
+    def __init__(self, key: str, signature_def: meta_graph_pb2.SignatureDef, runner: Runner,
+                 instances: dict[str | None, Runner] | None = None):
         self.key = key
-        self.method_name = signature_def.method_name
         self.inputs = {k: TensorSpec.from_tensor_info(k, v) for k, v in signature_def.inputs.items()}
         self.outputs = {k: TensorSpec.from_tensor_info(k, v) for k, v in signature_def.outputs.items()}
         self.input_dtypes = {k: spec.dtype for k, spec in self.inputs.items()}
         self.all_output_keys = tuple(sorted(self.outputs))
+        # Batching stacks requests along dimension 0: only for signatures whose every input
+        # and output has one of unknown size (or is of unknown rank, as TF1 signatures may be).
+        self.batchable = bool(self.inputs) and all(
+            spec.shape is None or (spec.shape and spec.shape[0] == -1) for spec in (*self.inputs.values(), *self.outputs.values())
+        )
         self._runner = runner
+        self._instances = instances or {None: runner}  # device -> the runner of the instance placed there
+
+    def on(self, device: str | None) -> "Signature":
+        """This signature as run by the version's instance on `device` (the default instance
+        for None, or for a device the version has no instance on)."""
+        runner = self._instances.get(device, self._runner)
+        if runner is self._runner:
+            return self
+        placed = copy.copy(self)
+        placed._runner = runner
+        return placed
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
         """Names and dtypes must match the signature; shapes are left to TensorFlow."""

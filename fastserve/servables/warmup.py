@@ -1,18 +1,21 @@
-"""Warm-up: run requests through a new version before it serves.
+"""Warm-up and the check: run requests through a new version before it serves.
 
-TF Serving's format: `assets.extra/tf_serving_warmup_requests` in the version dir, a
-TFRecord file of PredictionLog records (at most 1000), each replayed
-`num_request_iterations` times. Optionally, a synthetic warm-up runs every signature
-once with zero-filled inputs built from its specs, for models that ship no file.
-Predict, Classify, Regress and MultiInference records are replayed; a warm-up
-failure fails the load.
+Warm-up is TF Serving's: `assets.extra/tf_serving_warmup_requests` in the version dir,
+a TFRecord file of PredictionLog records (at most 1000), each replayed
+`num_request_iterations` times; Predict, Classify, Regress and MultiInference records
+are replayed. The check is fastserve's: every servable signature the warm-up did not
+run is run once on a synthetic request built from its specs (batch 1, unknown dims 1;
+zeros, empty strings, False), so that no version serves that cannot answer. A
+signature whose inputs the check cannot make up (a serialized tf.Example parsed by the
+model, an image decoded from bytes: TensorFlow answers INVALID_ARGUMENT) is skipped
+with the reason; any other failure fails the load. Both run on every instance.
 """
 import logging
 import os
-import time
 
 import numpy as np
 import tensorflow as tf
+from grpc import StatusCode
 from tensorflow_serving.apis import prediction_log_pb2
 
 from fastserve import dtypes
@@ -35,25 +38,67 @@ MAX_RECORDS = 1000
 
 
 class WarmupError(Exception):
-    """Warm-up failed; the version does not become available."""
+    """Warm-up or the check failed; the version does not become available."""
+
+    def __init__(self, message: str, code: StatusCode = StatusCode.INVALID_ARGUMENT):
+        super().__init__(message)
+        self.code = code
 
 
-def warm_up(model: LoadedModel, iterations: int = 1, synthetic: bool = False) -> int:
-    """Run the version's warm-up; returns how many requests ran."""
+def replay(model: LoadedModel, iterations: int = 1) -> tuple[int, set[str]]:
+    """Replay the version's warm-up file, if it has one, on every instance; returns how
+    many requests ran and the keys of the signatures they ran."""
     path = os.path.join(model.path, WARMUP_FILE)
-    start = time.monotonic()
-    if os.path.exists(path):
-        count = _replay(model, path, max(1, iterations))
-    elif synthetic:
-        count = _synthetic(model)
-    else:
-        return 0
-    log.info("warm-up of %s: %d requests in %.3fs", model.path, count, time.monotonic() - start)
-    return count
+    if not os.path.exists(path):
+        return 0, set()
+    count, ran = 0, set()
+    for device in model.devices:
+        n, keys = _replay(model, device, path, max(1, iterations))
+        count, ran = count + n, ran | keys
+    return count, ran
 
 
-def _replay(model: LoadedModel, path: str, iterations: int) -> int:
-    count = 0
+def check(model: LoadedModel, done: set[str] = frozenset()) -> dict[str, str]:
+    """Run every servable signature not in `done` once on a synthetic request, on every
+    instance. Returns {key: why} for those it skipped; raises WarmupError if one fails."""
+    skipped = {}
+    for key, signature in sorted(model.signatures.items()):
+        if key in done:
+            continue
+        try:
+            inputs = {name: synthetic_input(spec.dtype, spec.shape) for name, spec in signature.inputs.items()}
+        except ValueError as exc:
+            skipped[key] = str(exc)
+            continue
+        for device in model.devices:
+            placed = signature.on(device)
+            try:
+                placed.validate(inputs)
+                placed.run(inputs, placed.all_output_keys)
+            except ServingError as exc:
+                if exc.code != StatusCode.INVALID_ARGUMENT:
+                    where = f" on {device}" if device else ""
+                    raise WarmupError(
+                        f"signature {key} cannot answer a synthetic request ({model.runtime} runtime{where}): {exc.message}", exc.code
+                    ) from None
+                skipped[key] = f"the model refuses a synthetic input: {exc.message.strip().splitlines()[0]}"
+                break
+    return skipped
+
+
+def synthetic_input(dtype: int, shape) -> np.ndarray:
+    """Zeros (empty strings, False) of the spec's shape, 1 for each unknown dim (batch 1)."""
+    dims = [1 if d is None or d < 0 else d for d in (shape if shape is not None else (1,))]
+    dt = dtypes.from_enum(dtype)
+    if dt.numpy == object:
+        array = np.empty(dims, dtype=object)
+        array.fill(b"")
+        return array
+    return np.zeros(dims, dtype=dt.numpy)
+
+
+def _replay(model: LoadedModel, device, path: str, iterations: int) -> tuple[int, set[str]]:
+    count, ran = 0, set()
     try:
         for number, record in enumerate(tf.compat.v1.io.tf_record_iterator(path)):
             if number >= MAX_RECORDS:
@@ -64,67 +109,50 @@ def _replay(model: LoadedModel, path: str, iterations: int) -> int:
             except Exception:  # noqa: BLE001 - protobuf raises DecodeError
                 raise WarmupError(f"Failed to parse warmup record {number} from {path}") from None
             for _ in range(iterations):
-                _run_log(model, entry)
+                ran |= _run_log(model, device, entry)
                 count += 1
     except tf.errors.DataLossError as exc:
         raise WarmupError(f"{exc.message}. Please verify your warmup data is in TFRecord format.") from None
-    return count
+    return count, ran
 
 
-def _run_log(model: LoadedModel, entry: prediction_log_pb2.PredictionLog) -> None:
+def _run_log(model: LoadedModel, device, entry: prediction_log_pb2.PredictionLog) -> set[str]:
     kind = entry.WhichOneof("log_type")
     if kind == "predict_log":
         request = entry.predict_log.request
         inputs = {name: tensor_proto.to_numpy(proto, name) for name, proto in request.inputs.items()}
-        _run(_signature(model, request.model_spec.signature_name), inputs, request.output_filter)
-    elif kind in ("classify_log", "regress_log"):
+        signature = _signature(model, device, request.model_spec.signature_name)
+        _run(signature, inputs, request.output_filter)
+        return {signature.key}
+    if kind in ("classify_log", "regress_log"):
         request = getattr(entry, kind).request
-        _run_examples(model, request.model_spec.signature_name, kind == "classify_log", request.input)
-    elif kind == "multi_inference_log":
+        return {_run_examples(model, device, request.model_spec.signature_name, kind == "classify_log", request.input)}
+    if kind == "multi_inference_log":
         request = entry.multi_inference_log.request
-        for task in request.tasks:
-            _run_examples(model, task.model_spec.signature_name, task.method_name == CLASSIFY_METHOD, request.input)
-    else:
-        raise WarmupError(f"warm-up records of type {kind} are not supported")
+        return {
+            _run_examples(model, device, task.model_spec.signature_name, task.method_name == CLASSIFY_METHOD, request.input)
+            for task in request.tasks
+        }
+    raise WarmupError(f"warm-up records of type {kind} are not supported")
 
 
-def _signature(model: LoadedModel, key: str) -> Signature:
+def _signature(model: LoadedModel, device, key: str) -> Signature:
     key = key or DEFAULT_SIGNATURE
     signature = model.signatures.get(key)
     if signature is None:
         raise WarmupError(f'warm-up request names signature "{key}", which the model does not have')
-    return signature
+    return signature.on(device)
 
 
-def _run_examples(model: LoadedModel, key: str, classify: bool, request_input) -> None:
-    signature = _signature(model, key)
+def _run_examples(model: LoadedModel, device, key: str, classify: bool, request_input) -> str:
+    signature = _signature(model, device, key)
     try:
         outputs = classification_outputs(signature) if classify else regression_outputs(signature)
         examples = serialized_examples(request_input)
     except ServingError as exc:
         raise WarmupError(f"warm-up of signature {signature.key} failed: {exc.message}") from None
     _run(signature, {INPUTS: examples}, outputs)
-
-
-def _synthetic(model: LoadedModel) -> int:
-    count = 0
-    for key, signature in model.signatures.items():
-        if key.startswith("__"):
-            continue  # TF2's __saved_model_init_op and friends are not servable signatures
-        inputs = {key: _zeros(spec.dtype, spec.shape) for key, spec in signature.inputs.items()}
-        _run(signature, inputs, ())
-        count += 1
-    return count
-
-
-def _zeros(dtype: int, shape) -> np.ndarray:
-    dims = [1 if d is None or d < 0 else d for d in (shape if shape is not None else (1,))]
-    dt = dtypes.from_enum(dtype)
-    if dt.numpy == object:
-        array = np.empty(dims, dtype=object)
-        array.fill(b"")
-        return array
-    return np.zeros(dims, dtype=dt.numpy)
+    return signature.key
 
 
 def _run(signature: Signature, inputs, output_filter) -> None:
