@@ -46,7 +46,6 @@ class BenchModel:
     concurrency: tuple[int, ...]
     export: object  # path -> None
     batch_sizes: tuple[int, ...]  # in-process limit measured at these
-    runtime: str = "session"
     min_seconds: float = 0  # slow models need longer runs for any request to finish
     grpc_multiplexed: tuple[tuple[int, int], ...] = ()  # extra gRPC points: (connections, concurrent streams on each)
 
@@ -83,7 +82,7 @@ def export_mlp(path: Path) -> None:
 
 
 def export_resnet50(path: Path) -> None:
-    """Keras's ResNet-50 with random weights (served with runtime: function)."""
+    """Keras's ResNet-50 with random weights, wrapped in a tf.Module and saved with tf.saved_model.save."""
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(1)
@@ -137,7 +136,7 @@ MODELS = {
     "resnet50": BenchModel(
         "resnet50", "x", lambda n: np.random.default_rng(4).random((n, 224, 224, 3), np.float32),
         {"max_batch_size": 16, "batch_timeout_micros": 20000, "num_batch_threads": 1},
-        (1, 16), export_resnet50, (1, 16), runtime="function", min_seconds=20,
+        (1, 16), export_resnet50, (1, 16), min_seconds=20,
     ),
     "text": BenchModel(
         "text", "tokens", text_rows,
@@ -163,11 +162,19 @@ def ensure_exported(cache: Path, names) -> None:
 # ---------------------------------------------------------------- in-process limit
 
 
-def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
-    """Rows/s of the served signature called directly (same runtime as the server)."""
-    from fastserve.servables import saved_model
+RUNTIMES = {}  # model name -> the runtime the server's default config chose, as in-process
 
-    loaded = saved_model.load(str(cache / model.name / "1"), runtime=model.runtime)
+
+def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
+    """Rows/s of the served signature called directly, loaded as the server loads it by default
+    (the same runtime choice and check)."""
+    from fastserve.config import ModelConfig, ServerConfig
+    from fastserve.servables.manager import session_config
+    from fastserve.servables.version_loader import load_version
+
+    server, path = ServerConfig(), str(cache / model.name / "1")
+    loaded = load_version(path, ModelConfig(model.name, path), server, session_config(server), 1)
+    RUNTIMES[model.name] = loaded.runtime
     try:
         signature = loaded.signatures["serving_default"]
         keys = signature.all_output_keys
@@ -199,9 +206,8 @@ class Server:
         lines = ["models:"]
         for name in names:
             params = ", ".join(f"{k}: {json.dumps(v)}" for k, v in MODELS[name].batching.items())
-            runtime = f"    runtime: {MODELS[name].runtime}"
-            lines += [f"  - name: {name}", f"    base_path: {cache / name}", runtime, f"    batching: {{{params}}}"]
-            lines += [f"  - name: {name}_nobatch", f"    base_path: {cache / name}", runtime]
+            lines += [f"  - name: {name}", f"    base_path: {cache / name}", f"    batching: {{{params}}}"]
+            lines += [f"  - name: {name}_nobatch", f"    base_path: {cache / name}"]
         config = workdir / "models.yaml"
         config.write_text("\n".join(lines) + "\n")
         self.grpc_port, self.rest_port = free_port(), free_port()
@@ -414,7 +420,8 @@ def markdown(rows: list[Row], limits: dict, machine_text: str) -> str:
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     lines += [format_row(r) for r in rows]
     lines += ["", "In-process limit (the served signature called directly, rows/s by batch size):", ""]
-    lines += [f"- {name}: " + ", ".join(f"batch {size}: {rate:,.0f}" for size, rate in limit.items()) for name, limit in limits.items()]
+    lines += [f"- {name} ({RUNTIMES.get(name, '?')} runtime): " + ", ".join(f"batch {size}: {rate:,.0f}" for size, rate in limit.items())
+              for name, limit in limits.items()]
     lines += ["", "Ratios (same run):", ""] + summary(rows, limits)
     return "\n".join(lines) + "\n"
 
@@ -502,7 +509,7 @@ def main(argv=None) -> int:
     ensure_exported(cache, names)
     limits = {name: in_process_limit(cache, MODELS[name], 0.5 if args.quick else 2.0) for name in names}
     for name, limit in limits.items():
-        print(f"in-process {name}: " + ", ".join(f"batch {s}: {r:,.0f} rows/s" for s, r in limit.items()), flush=True)
+        print(f"in-process {name} ({RUNTIMES[name]} runtime): " + ", ".join(f"batch {s}: {r:,.0f} rows/s" for s, r in limit.items()), flush=True)
     protocols = args.protocols.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -512,6 +519,9 @@ def main(argv=None) -> int:
                 continue
             server = Server(cache, names, Path(tmp), transport)
             try:
+                for name in names:  # the in-process limit is only comparable on the same runtime
+                    if f"model {name} version 1: {RUNTIMES[name]} runtime" not in server.log():
+                        raise RuntimeError(f"the server did not serve {name} on the {RUNTIMES[name]} runtime:\n{server.log()}")
                 rows += sweep(server, names, wanted, seconds, Path(tmp))
             finally:
                 server.stop()

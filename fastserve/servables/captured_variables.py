@@ -13,6 +13,8 @@ The SavedObjectGraph says which object each capture is (a concrete function's
 `bound_inputs`), and the checkpoint's own object graph, whose node ids are the same,
 gives that object's checkpoint key. Every captured variable the saver left
 uninitialised is restored from its own key, which is what `tf.saved_model.load` does.
+The saver's own copies, which no signature reads, are then freed (a second copy of
+every weight: 100 MB for ResNet-50).
 """
 import logging
 
@@ -49,8 +51,13 @@ def restore_uninitialized(session: tf.compat.v1.Session, meta_graph: meta_graph_
             dtypes=[h.op.get_attr("dtype") for _, h, _ in restorable],
         )
         assigns = [tf.raw_ops.AssignVariableOp(resource=h, value=v) for (_, h, _), v in zip(restorable, values)]
+    unread = [graph.get_operation_by_name(name).outputs[0] for name in _unread_variables(meta_graph)]
+    with graph.as_default(), tf.name_scope("fastserve_free_unread"):
+        frees = [tf.raw_ops.DestroyResourceOp(resource=h, ignore_lookup_error=True) for h in unread]
+    session.run(frees)  # first, so that the restore can reuse their memory
     session.run(assigns)
-    log.info("restored %d captured variables the SavedModel's saver does not restore (e.g. %s)", len(restorable), restorable[0][0])
+    log.info("restored %d captured variables the SavedModel's saver does not restore (e.g. %s); freed %d that no signature reads",
+             len(restorable), restorable[0][0], len(unread))
     return len(restorable)
 
 
@@ -74,6 +81,20 @@ def _captured_variables(meta_graph: meta_graph_pb2.MetaGraphDef) -> dict[str, in
             if name in handles and objects.nodes[node_id].WhichOneof("kind") == "variable":
                 captured[name] = node_id
     return captured
+
+
+def _unread_variables(meta_graph: meta_graph_pb2.MetaGraphDef) -> list[str]:
+    """VarHandleOps that no servable signature's outputs depend on (the saver's copies)."""
+    nodes = {node.name: node for node in meta_graph.graph_def.node}
+    todo = [info.name for key, sig in meta_graph.signature_def.items() if not key.startswith("__") for info in sig.outputs.values()]
+    seen = set()
+    while todo:
+        name = todo.pop().lstrip("^").split(":", 1)[0]
+        if name in seen or name not in nodes:
+            continue
+        seen.add(name)
+        todo.extend(nodes[name].input)
+    return [name for name, node in nodes.items() if node.op == "VarHandleOp" and name not in seen]
 
 
 def _checkpoint_keys(variables_prefix: str) -> dict[int, str]:
