@@ -16,6 +16,7 @@ def server(start_server, tmp_path_factory):
     models = [
         ("tf2_session", EXAMPLE_MODELS / "half_plus_two", "session"),
         ("tf2_function", EXAMPLE_MODELS / "half_plus_two", "function"),
+        ("tf2_auto", EXAMPLE_MODELS / "half_plus_two", "auto"),
         ("multi_io_function", EXAMPLE_MODELS / "multi_io", "function"),
         ("corrupt", root / "corrupt", "session"),
         ("missing", root / "does_not_exist", "session"),
@@ -36,6 +37,15 @@ def status(server, name):
 def test_both_runtimes_give_the_same_answers(server):
     for name in ("tf2_session", "tf2_function"):
         assert rest_predict(server, name, {"instances": [[2.0], [4.0]]}).json() == {"predictions": [[3.0], [4.0]]}
+
+
+def test_the_runtime_of_each_version_is_logged_and_exported(server):
+    log = server.log()
+    assert "model tf2_auto version 1: session runtime (it loads and answers on it)" in log
+    assert "model tf2_function version 1: function runtime (as configured)" in log
+    metrics = requests.get(f"{server.rest}/monitoring/prometheus/metrics", timeout=30).text
+    for model, runtime in (("tf2_auto", "session"), ("tf2_session", "session"), ("tf2_function", "function")):
+        assert f'fastserve_model_runtime{{model="{model}",runtime="{runtime}",version="1"}} 1.0' in metrics
 
 
 def test_function_runtime_reports_errors_as_invalid_argument(server):

@@ -83,7 +83,7 @@ def load(path: str, runtime: str, tags=("serve",), session_config: config_pb2.Co
         if runtime == SESSION:
             return _load_session(path, loader, meta_graph, tags, session_config, devices)
         return _load_function(path, meta_graph, tags, devices)
-    except (tf.errors.OpError, ValueError, KeyError, TypeError, AssertionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - TensorFlow's loaders raise many types (IndexError on a cut file)
         code = StatusCode.UNKNOWN
         if isinstance(exc, tf.errors.OpError):
             code = from_tensorflow(exc).code
@@ -91,8 +91,13 @@ def load(path: str, runtime: str, tags=("serve",), session_config: config_pb2.Co
 
 
 def first_line(exc: Exception) -> str:
+    """The line of an error that says what went wrong (TensorFlow's session errors start
+    with a "Graph execution error:" line)."""
     text = getattr(exc, "message", None) or str(exc)
-    return text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0] == "Graph execution error:":
+        lines = lines[1:]
+    return lines[0] if lines else type(exc).__name__
 
 
 def _servable_keys(meta_graph: meta_graph_pb2.MetaGraphDef):

@@ -28,7 +28,7 @@ from fastserve.api.example_inference import (
 )
 from fastserve.codec import tensor_proto
 from fastserve.errors import ServingError
-from fastserve.servables.saved_model import LoadedModel
+from fastserve.servables.saved_model import LoadedModel, first_line
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ def check(model: LoadedModel, done: set[str] = frozenset()) -> dict[str, str]:
                 if exc.code != StatusCode.INVALID_ARGUMENT:
                     where = f" on {device}" if device else ""
                     raise WarmupError(
-                        f"signature {key} cannot answer a synthetic request ({model.runtime} runtime{where}): {exc.message}", exc.code
+                        f"signature {key} cannot answer a synthetic request ({model.runtime} runtime{where}): {first_line(exc)}", exc.code
                     ) from None
-                skipped[key] = f"the model refuses a synthetic input: {exc.message.strip().splitlines()[0]}"
+                skipped[key] = f"the model refuses a synthetic input: {first_line(exc)}"
                 break
     return skipped
 
