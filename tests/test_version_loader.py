@@ -46,36 +46,30 @@ def load(path, runtime="auto", server=SERVER, **model):
     return load_version(path, ModelConfig("m", path, runtime=runtime, **model), server, session_config(server), 1)
 
 
-def run(loaded, x):
-    signature = loaded.signatures["serving_default"]
-    return signature.run({next(iter(signature.inputs)): x}, signature.all_output_keys)
-
-
-def test_keras3_model_runs_on_the_session_runtime(keras3_model, caplog):
+def assert_serves_keras3_model(keras3_model, runtime: str) -> None:
+    """Loaded with the default config, on `runtime`, it answers as the Keras model does in-process."""
     path, x, expected = keras3_model
-    caplog.set_level(logging.INFO)
     loaded = load(path)
     try:
-        assert loaded.runtime == "session"
-        [output] = run(loaded, x).values()
+        assert loaded.runtime == runtime
+        signature = loaded.signatures["serving_default"]
+        [output] = signature.run({next(iter(signature.inputs)): x}, signature.all_output_keys).values()
         np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
     finally:
         loaded.close()
+
+
+def test_keras3_model_runs_on_the_session_runtime(keras3_model, caplog):
+    caplog.set_level(logging.INFO)
+    assert_serves_keras3_model(keras3_model, "session")
     assert "model m version 1: session runtime (it loads and answers on it)" in caplog.text
     assert "restored 8 captured variables" in caplog.text and "freed 8" in caplog.text  # 2 Dense x 2, BatchNormalization 4
     assert "check of" in caplog.text and "serving_default answered a synthetic request" in caplog.text
 
 
 def test_auto_falls_back_to_the_function_runtime_when_the_session_cannot_answer(keras3_model, loader_like_tf_serving, caplog):
-    path, x, expected = keras3_model
     caplog.set_level(logging.INFO)
-    loaded = load(path)
-    try:
-        assert loaded.runtime == "function"
-        [output] = run(loaded, x).values()
-        np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
-    finally:
-        loaded.close()
+    assert_serves_keras3_model(keras3_model, "function")
     line = next(line for line in caplog.text.splitlines() if "model m version 1: function runtime" in line)
     assert "the session runtime cannot serve it" in line and "Could not find variable" in line
 
