@@ -503,7 +503,7 @@ def main(argv=None) -> int:
             MODELS[name].batch_sizes = (MODELS[name].batching["max_batch_size"],)
     seconds = args.seconds or (2 if args.quick else 5)
     out = Path(args.out)
-    cache = Path(args.cache) if args.cache else out / "models"
+    cache = (Path(args.cache) if args.cache else out / "models").resolve()  # models.yaml lives elsewhere
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     ensure_exported(cache, names)
