@@ -192,6 +192,13 @@ def test_zoo_model_answers_as_in_process(zoo, servers, server_name, protocol, mo
         list(pool.map(lambda case: run_case(server, model, case), cases[model] * 4))
 
 
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_every_zoo_model_serves_on_the_session_runtime(servers, server_name):
+    """What runtime: auto chooses for each export style (the README's table says the same)."""
+    log = servers[server_name].log()
+    assert [name for name in sorted(MODELS) if f"model {name} version 1: session runtime (it loads and answers on it)" not in log] == []
+
+
 # ---------------------------------------------------------------- a version that cannot answer
 
 
