@@ -11,6 +11,7 @@ from grpc import StatusCode
 
 from fastserve import metrics
 from fastserve.errors import ServingError
+from fastserve.pipeline.member import expired
 
 _deadline: ContextVar[float | None] = ContextVar("fastserve_deadline", default=None)
 
@@ -27,8 +28,7 @@ def current_deadline() -> float | None:
 
 def check_deadline(deadline: float | None) -> None:
     if deadline is not None and time.monotonic() >= deadline:
-        metrics.rejected("deadline_exceeded")
-        raise ServingError(StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded: the request expired before the model ran")
+        raise expired()
 
 
 def within_elements(inputs: dict, limit: int) -> bool:

@@ -13,6 +13,7 @@ from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import QUEUE_FULL, Scheduler
 from fastserve.config import BatchingConfig, ModelConfig, ServerConfig
 from fastserve.errors import ServingError
+from fastserve.pipeline.member import Member
 from fastserve.servables.registry import ServableHandle, ServableVersion
 
 
@@ -320,8 +321,8 @@ def test_any_mix_of_requests_gets_exactly_its_rows_back(sizes, capacity, splitti
     threads=st.integers(1, 3),
 )
 def test_grouped_requests_split_over_batches_get_exactly_their_rows_back(groups, capacity, threads):
-    """A group's requests stay separate chunks in one task; the batches that take its rows
-    (split by max_execution_batch_size) copy them from the chunks they span."""
+    """A group's requests stay separate members of one task; the batches that take its rows
+    (split by max_execution_batch_size) copy them from the members they span."""
     config = BatchingConfig(
         max_batch_size=18, batch_timeout_micros=1000, num_batch_threads=threads, max_enqueued_batches=100,
         enable_large_batch_splitting=True, max_execution_batch_size=capacity,
@@ -331,7 +332,11 @@ def test_grouped_requests_split_over_batches_get_exactly_their_rows_back(groups,
 
     async def main():
         chunks = [[rows(size, start=1000 * g + 100 * r) for r in range(requests)] for g, (requests, size) in enumerate(groups)]
-        futures = [queue.submit_chunks([{"x": x} for x in group], sum(len(x) for x in group), ("y",)) for group in chunks]
+        futures = []
+        for group in chunks:
+            future = asyncio.get_running_loop().create_future()
+            queue.submit([Member({"x": x}, len(x)) for x in group], ("y",), lambda members, outputs, error, f=future: f.set_result(outputs))
+            futures.append(future)
         for group, result in zip(chunks, await asyncio.gather(*futures)):
             np.testing.assert_array_equal(result["y"], np.concatenate(group) * 2 + 1)
 
@@ -341,4 +346,58 @@ def test_grouped_requests_split_over_batches_get_exactly_their_rows_back(groups,
         scheduler.shutdown()
     assert all(len(batch["x"]) <= capacity for batch in sig.batches)
     assert scheduler.stats.totals()[("m", 1, "serving_default")].rows == sum(n * size for n, size in groups)
+    assert servable.in_flight == 0
+
+
+def test_members_gone_before_their_batch_closes_are_never_computed():
+    """A group's members keep their own deadlines and cancellation: those gone when the batch
+    closes (a long batch timeout) are answered without running; the rest of the group runs."""
+    scheduler, servable, sig = make(BatchingConfig(max_batch_size=16, batch_timeout_micros=300_000, num_batch_threads=1))
+    queue = scheduler.batch_queue(ServableHandle(servable), sig)
+    xs = [rows(1, start=10 * i) for i in range(6)]
+
+    async def main():
+        now = time.monotonic()
+        members = [Member({"x": x}, 1) for x in xs]
+        members[1].deadline = members[4].deadline = now + 0.05  # expire while the batch waits for more rows
+        answers = []
+        queue.submit(members, ("y",), lambda ms, outputs, error: answers.append((list(ms), outputs, error)))
+        await asyncio.sleep(0.1)
+        members[2].cancelled = True  # its client went away while queued
+        while sum(len(ms) for ms, _, _ in answers) < 6:
+            await asyncio.sleep(0.01)
+        return members, answers
+
+    members, answers = asyncio.run(main())
+    scheduler.shutdown()
+    by_member = {id(m): (outputs, error, ms) for ms, outputs, error in answers for m in ms}
+    for i in (1, 4):
+        outputs, error, _ = by_member[id(members[i])]
+        assert outputs is None and error.code == StatusCode.DEADLINE_EXCEEDED
+    assert by_member[id(members[2])][1].code == StatusCode.CANCELLED
+    outputs, error, ran = by_member[id(members[0])]
+    assert error is None and ran == [members[i] for i in (0, 3, 5)]
+    np.testing.assert_array_equal(outputs["y"], np.concatenate([xs[0], xs[3], xs[5]]) * 2 + 1)
+    assert [len(batch["x"]) for batch in sig.batches] == [3]  # the gone rows were never copied nor computed
+    assert servable.in_flight == 0
+
+
+def test_a_task_whose_members_are_all_gone_is_dropped_whole():
+    scheduler, servable, sig = make(BatchingConfig(max_batch_size=16, batch_timeout_micros=200_000, num_batch_threads=1,
+                                                   enable_large_batch_splitting=True, max_execution_batch_size=2))
+    queue = scheduler.batch_queue(ServableHandle(servable), sig)
+
+    async def main():
+        gone = Member({"x": rows(5)}, 5, deadline=time.monotonic() - 1)  # split over batches of 2: never started
+        errors = []
+        queue.submit([gone], ("y",), lambda ms, outputs, error: errors.append(error))
+        future = asyncio.get_running_loop().create_future()
+        queue.submit([Member({"x": rows(1)}, 1)], ("y",), lambda ms, outputs, error: future.set_result(outputs))
+        return errors, await future
+
+    errors, outputs = asyncio.run(main())
+    scheduler.shutdown()
+    assert [e.code for e in errors] == [StatusCode.DEADLINE_EXCEEDED]
+    np.testing.assert_array_equal(outputs["y"], rows(1) * 2 + 1)
+    assert sum(len(batch["x"]) for batch in sig.batches) == 1
     assert servable.in_flight == 0

@@ -46,10 +46,11 @@ def _model_label(request, is_served: Callable[[str], bool]) -> str:
     return name if is_served(name) else metrics.UNKNOWN_MODEL
 
 
-def count_expired_on_arrival(path: str) -> None:
-    """A call whose deadline had passed before it reached a handler (the transport answered it)."""
-    metrics.rejected("deadline_exceeded")
-    _finish(path.rsplit("/", 1)[-1], metrics.UNKNOWN_MODEL, StatusCode.DEADLINE_EXCEEDED, time.perf_counter())
+def count_gone_on_arrival(path: str, code: StatusCode = StatusCode.DEADLINE_EXCEEDED) -> None:
+    """A call that expired (or was cancelled) before it reached a handler: the transport answered it."""
+    if code == StatusCode.DEADLINE_EXCEEDED:
+        metrics.rejected("deadline_exceeded")
+    _finish(path.rsplit("/", 1)[-1], metrics.UNKNOWN_MODEL, code, time.perf_counter())
 
 
 def _finish(api: str, model: str, code: StatusCode, started: float) -> None:

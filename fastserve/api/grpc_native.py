@@ -18,7 +18,7 @@ from typing import Callable
 import uvloop
 from grpc import StatusCode
 
-from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, count_expired_on_arrival, method_table
+from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, count_gone_on_arrival, method_table
 from fastserve.api.predict_groups import PREDICT, PredictGroups
 from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
@@ -112,7 +112,9 @@ class NativeGrpcServer:
         calls, cancelled, expired = self._transport.take()
         for path in expired:  # answered in C++; counted as the per-call path counts an expired call
             if path in self._methods:
-                count_expired_on_arrival(path)
+                count_gone_on_arrival(path)
+        if cancelled:
+            calls = self._drop_gone_on_arrival(calls, set(cancelled))
         for call_id, path, payload, metadata, timeout in self._groups.serve(calls):
             task = self._loop.create_task(self._serve(path, payload, metadata, timeout))
             # A done callback, not the coroutine, answers: a task cancelled before it
@@ -120,9 +122,26 @@ class NativeGrpcServer:
             task.add_done_callback(functools.partial(self._answer, call_id))
             self._tasks[call_id] = task
         for call_id in cancelled:
+            if self._groups.cancel(call_id):
+                continue
             task = self._tasks.get(call_id)
             if task is not None:
                 task.cancel()
+
+    def _drop_gone_on_arrival(self, calls: list, cancelled: set[int]) -> list:
+        """Calls cancelled in the hand-off that brought them (a task cancelled before it starts
+        never runs its body): answered and counted here, never started."""
+        kept = []
+        for call in calls:
+            call_id, path, _, _, timeout = call
+            if call_id not in cancelled:
+                kept.append(call)
+                continue
+            if path in self._methods:
+                expired_ = timeout is not None and timeout <= 0
+                count_gone_on_arrival(path, StatusCode.DEADLINE_EXCEEDED if expired_ else StatusCode.CANCELLED)
+            self._reply([(call_id, _CANCELLED.code.value[0], _CANCELLED.message, None)])
+        return kept
 
     async def _serve(self, path: str, payload: bytes, metadata: tuple, timeout: float | None) -> Outcome:
         method = self._methods.get(path)

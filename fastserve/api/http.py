@@ -89,6 +89,7 @@ class _Connection(asyncio.Protocol):
         self._body_size = 0
         self._too_large = False
         self._last_write: asyncio.Future | None = None  # keeps responses in request order
+        self._unanswered: set[asyncio.Future] = set()  # cancelled if the client goes away
         self._closing = False  # the connection is gone or being closed
         self._broken = False  # unparseable input: answer once, read nothing more
 
@@ -98,6 +99,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self._closing = True
+        for response in list(self._unanswered):  # no one is left to read them: stop their work
+            response.cancel()
 
     def data_received(self, data: bytes):
         if self._broken:
@@ -158,6 +161,8 @@ class _Connection(asyncio.Protocol):
 
     def _enqueue(self, response: asyncio.Future, keep_alive: bool):
         self._in_flight.add()
+        self._unanswered.add(response)
+        response.add_done_callback(self._unanswered.discard)
         previous = self._last_write
         if previous is None or previous.done():
             # Nothing ahead of it on this connection: write it from its done callback (no task).

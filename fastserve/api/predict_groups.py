@@ -29,6 +29,7 @@ from fastserve.api.grpc_calls import Method
 from fastserve.api.request_groups import GroupSeries, admit, submit
 from fastserve.codec import tensor_proto
 from fastserve.errors import ServingError
+from fastserve.pipeline.member import CANCELLED_MESSAGE, Member, deadline_after
 from fastserve.servables.signature import DEFAULT_SIGNATURE
 
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -42,6 +43,7 @@ class PredictGroups:
         self._scheduler = service.executor
         self._auth_required = predict.auth is not None  # with tokens on, every call takes the checked path
         self._respond = respond  # [(call id, status code, message, payload | None)] back to the transport
+        self._waiting: dict[int, tuple[Member, GroupSeries]] = {}  # by call id: members not answered yet
 
     def serve(self, calls: list) -> list:
         """Start every call it can group; returns the others, for the per-call path."""
@@ -62,6 +64,19 @@ class PredictGroups:
                 others.extend(call for call, _ in members)
         return others
 
+    def cancel(self, call_id: int) -> bool:
+        """The client of a grouped call went away (or its deadline passed): answer it now and
+        drop its rows if they have not run. False: not a grouped call still waiting."""
+        waiting = self._waiting.pop(call_id, None)
+        if waiting is None:
+            return False
+        member, series = waiting
+        member.cancelled = True
+        expired_ = member.deadline is not None and time.monotonic() >= member.deadline
+        series.finish(StatusCode.DEADLINE_EXCEEDED if expired_ else StatusCode.CANCELLED, 1)
+        self._respond([(call_id, StatusCode.CANCELLED.value[0], CANCELLED_MESSAGE, None)])
+        return True
+
     def _decode(self, call) -> tuple | None:
         """(group key, inputs) of a Predict call, or None when it is not for a group."""
         try:
@@ -75,10 +90,10 @@ class PredictGroups:
                tuple(request.output_filter), shapes)
         return key, inputs
 
-    def _submit(self, key: tuple, members: list, started: float) -> bool:
+    def _submit(self, key: tuple, calls: list, started: float) -> bool:
         """Queue a group's rows; False: leave the whole group to the per-call path."""
         name, version, label, signature_key, output_filter, _ = key
-        first = members[0][1]
+        first = calls[0][1]
         try:
             handle = self._service.registry.lookup(name, version, label)
         except ServingError:
@@ -95,15 +110,24 @@ class PredictGroups:
                 return False
             spec = predict_pb2.PredictResponse()
             self._service.resolved_spec(handle, signature_key, spec.model_spec)
-            calls = [call[0] for call, _ in members]
             series = GroupSeries("GRPC", handle.name, handle.version, signature_key, started, len(calls))
-            answer = functools.partial(self._answer, calls, rows, spec.SerializeToString(), series)
-            submit(queue, [inputs for _, inputs in members], rows, output_keys, answer)
+            members = []
+            for call, inputs in calls:
+                member = Member(inputs, rows, deadline_after(call[4]), call[0])
+                self._waiting[call[0]] = (member, series)
+                members.append(member)
+            submit(queue, members, output_keys, functools.partial(self._answer, rows, spec.SerializeToString(), series))
         return True
 
-    def _answer(self, calls: list[int], rows: int, spec: bytes, series: GroupSeries,
-                indices: range, outputs: dict | None, error: ServingError | None) -> None:
-        ids = calls[indices.start : indices.stop]
+    def _answer(self, rows: int, spec: bytes, series: GroupSeries, members: list[Member], outputs: dict | None,
+                error: ServingError | None) -> None:
+        ids = [m.reply_to for m in members if self._waiting.pop(m.reply_to, None) is not None]
+        if len(ids) < len(members):  # some were answered when their client went away
+            if error is None:
+                outputs = _rows_of_members(outputs, members, lambda m: not m.cancelled)
+            members = [m for m in members if not m.cancelled]
+        if not ids:
+            return
         if error is not None:
             self._respond([(call_id, error.code.value[0], error.message, None) for call_id in ids])
             series.finish(error.code, len(ids))
@@ -111,6 +135,19 @@ class PredictGroups:
         payloads = _responses(outputs, rows, len(ids), spec)
         self._respond([(call_id, 0, "", payload) for call_id, payload in zip(ids, payloads)])
         series.finish(StatusCode.OK, len(ids))
+
+
+def _rows_of_members(outputs: dict[str, np.ndarray], members: list[Member], keep) -> dict[str, np.ndarray]:
+    """The outputs of the members `keep` says, stacked (the others' rows left out)."""
+    index = np.concatenate([np.arange(first, first + m.rows) for first, m in zip(_firsts(members), members) if keep(m)])
+    return {k: v[index] for k, v in outputs.items()}
+
+
+def _firsts(members: list[Member]):
+    first = 0
+    for member in members:
+        yield first
+        first += member.rows
 
 
 def _responses(outputs: dict[str, np.ndarray], rows: int, calls: int, spec: bytes) -> list[bytes]:

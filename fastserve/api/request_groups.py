@@ -17,10 +17,7 @@ from fastserve import limits, metrics
 from fastserve.batching.scheduler import BatchQueue
 from fastserve.errors import ServingError
 from fastserve.logs import request_log
-
-# answer(indices of the requests in the group, their outputs stacked, or None, error or None)
-Answer = Callable[[range, dict | None, ServingError | None], None]
-
+from fastserve.pipeline.member import Answer, Member
 
 def batch_rows(inputs: dict[str, np.ndarray]) -> int:
     """The batch size the inputs agree on; 0 when they have none (the per-request path says why)."""
@@ -42,28 +39,15 @@ def admit(scheduler, handle, signature, inputs: dict[str, np.ndarray], max_eleme
     return queue, rows
 
 
-def submit(queue: BatchQueue, members: list[dict[str, np.ndarray]], rows: int, output_keys: tuple, answer: Answer) -> None:
-    """Queue the members' inputs (each `rows` rows, of equal shapes) in tasks of at most max_batch_size rows."""
-    per_task = max(1, queue.config.max_batch_size // rows)
+def submit(queue: BatchQueue, members: list[Member], output_keys: tuple, answer: Answer) -> None:
+    """Queue members (each of the same rows and shapes) in tasks of at most max_batch_size rows."""
+    per_task = max(1, queue.config.max_batch_size // members[0].rows)
     for start in range(0, len(members), per_task):
         part = members[start : start + per_task]
-        indices = range(start, start + len(part))
         try:
-            future = queue.submit_chunks(part, rows * len(part), output_keys)  # copied once, into the batch
+            queue.submit(part, output_keys, answer)  # copied once, into the batch
         except ServingError as exc:  # queue full: the answer the per-request path gives
-            answer(indices, None, exc)
-            continue
-        future.add_done_callback(functools.partial(_deliver, answer, indices))
-
-
-def _deliver(answer: Answer, indices: range, future) -> None:
-    if future.cancelled():
-        answer(indices, None, ServingError(StatusCode.CANCELLED, "Cancelled"))
-        return
-    error = future.exception()
-    if error is not None and not isinstance(error, ServingError):
-        error = ServingError(StatusCode.INTERNAL, f"internal error: {type(error).__name__}: {error}")
-    answer(indices, None if error is not None else future.result(), error)
+            answer(part, None, exc)
 
 
 class GroupSeries:

@@ -100,6 +100,9 @@ class RestApi:
         except TimeoutError:
             code = StatusCode.DEADLINE_EXCEEDED
             return error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout))
+        except asyncio.CancelledError:  # the client closed its connection
+            code = StatusCode.CANCELLED
+            raise
         finally:
             _IN_FLIGHT.dec()
             self._record(request, code, started)

@@ -25,6 +25,7 @@ from fastserve.api.request_groups import GroupSeries, admit, submit
 from fastserve.batching.scheduler import BatchQueue
 from fastserve.codec import json_tensor
 from fastserve.errors import HTTP_STATUS, ServingError
+from fastserve.pipeline.member import Member, deadline_after
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 
@@ -33,12 +34,9 @@ from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 class _Group:
     queue: BatchQueue
     signature: Signature
-    rows: int
     started: float
     handles: list[ServableHandle] = field(default_factory=list)  # released once the rows are queued
-    inputs: list[dict] = field(default_factory=list)
-    row_formats: list[bool] = field(default_factory=list)
-    futures: list[asyncio.Future] = field(default_factory=list)
+    members: list[Member] = field(default_factory=list)  # reply_to: (future of the response, row format)
     waiting: int = 0  # futures not resolved yet
     timer: asyncio.TimerHandle | None = None  # rest_api_timeout_in_ms
 
@@ -73,12 +71,10 @@ class RestGroups:
         if group is None:
             if not self._pending:
                 asyncio.get_running_loop().call_soon(self._flush)
-            group = self._pending[group_key] = _Group(queue, signature, rows, started)
+            group = self._pending[group_key] = _Group(queue, signature, started)
         future = asyncio.get_running_loop().create_future()
         group.handles.append(handle)
-        group.inputs.append(inputs)
-        group.row_formats.append(row_format)
-        group.futures.append(future)
+        group.members.append(Member(inputs, rows, deadline_after(self._timeout), (future, row_format)))
         return future
 
     def _admit(self, handle: ServableHandle, key: str, request: json_tensor.PredictBody) -> tuple | None:
@@ -99,44 +95,58 @@ class RestGroups:
         loop = asyncio.get_running_loop()
         for group in pending.values():
             servable = group.handles[0].servable
-            series = GroupSeries("REST", servable.name, servable.version, group.signature.key, group.started, len(group.futures))
-            group.waiting = len(group.futures)
+            series = GroupSeries("REST", servable.name, servable.version, group.signature.key, group.started, len(group.members))
+            group.waiting = len(group.members)
             if self._timeout is not None:
                 group.timer = loop.call_later(self._timeout, self._expire, group, series)
-            submit(group.queue, group.inputs, group.rows, group.signature.all_output_keys,
-                   functools.partial(self._answer, group, series))
+            for member in group.members:  # a client that goes away cancels its response
+                member.reply_to[0].add_done_callback(functools.partial(self._gone, group, series, member))
+            submit(group.queue, group.members, group.signature.all_output_keys, functools.partial(self._answer, group, series))
             for handle in group.handles:  # each queued task holds the version itself
                 handle.servable.release()
 
-    def _answer(self, group: _Group, series: GroupSeries, indices: range, outputs: dict | None, error: ServingError | None) -> None:
+    def _answer(self, group: _Group, series: GroupSeries, members: list[Member], outputs: dict | None, error: ServingError | None) -> None:
         codes: dict[StatusCode, int] = {}
-        rows = group.rows
-        for n, i in enumerate(indices):
-            future = group.futures[i]
-            if future.done():  # answered already: its deadline passed
+        first = 0
+        for member in members:
+            future, row_format = member.reply_to
+            own_rows, first = slice(first, first + member.rows), first + member.rows
+            if future.done():  # answered already: its deadline passed, or its client went away
                 continue
             if error is None:
                 try:
-                    own = {k: v[n * rows : (n + 1) * rows] for k, v in outputs.items()}
-                    response = Response(200, json_tensor.encode_response(own, group.row_formats[i]))
+                    own = {k: v[own_rows] for k, v in outputs.items()}
+                    response = Response(200, json_tensor.encode_response(own, row_format))
                     code = StatusCode.OK
                 except ServingError as exc:
                     response, code = self._error_response(exc.http_status, exc.message), exc.code
+            elif error.code == StatusCode.DEADLINE_EXCEEDED:  # dropped when its batch formed: the REST deadline's words
+                response, code = self._error_response(error.http_status, limits.rest_timeout_message(self._timeout)), error.code
             else:
                 response, code = self._error_response(error.http_status, error.message), error.code
             future.set_result(response)
             codes[code] = codes.get(code, 0) + 1
         for code, count in codes.items():
             series.finish(code, count)
-        group.waiting -= sum(codes.values())
-        if not group.waiting and group.timer is not None:
-            group.timer.cancel()  # it would keep the group's inputs alive until it fired
+        self._answered(group, sum(codes.values()))
 
     def _expire(self, group: _Group, series: GroupSeries) -> None:
         """rest_api_timeout_in_ms has passed: answer what is still waiting, as the per-request path does."""
-        late = [f for f in group.futures if not f.done()]
+        late = [m.reply_to[0] for m in group.members if not m.reply_to[0].done()]
         for future in late:
             future.set_result(self._error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout)))
         if late:
-            group.waiting -= len(late)
             series.finish(StatusCode.DEADLINE_EXCEEDED, len(late))
+            self._answered(group, len(late))
+
+    def _gone(self, group: _Group, series: GroupSeries, member: Member, future: asyncio.Future) -> None:
+        if future.cancelled():  # the connection closed before its answer: drop its rows if not run
+            member.cancelled = True
+            series.finish(StatusCode.CANCELLED, 1)
+            self._answered(group, 1)
+
+    @staticmethod
+    def _answered(group: _Group, count: int) -> None:
+        group.waiting -= count
+        if not group.waiting and group.timer is not None:
+            group.timer.cancel()  # it would keep the group's inputs alive until it fired

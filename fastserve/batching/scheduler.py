@@ -21,6 +21,7 @@ version is never freed under queued or running work; the manager releases a
 version's queues once it has drained (release_version).
 """
 import asyncio
+import functools
 import json
 import logging
 import threading
@@ -29,7 +30,7 @@ import time
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import metrics
+from fastserve import limits, metrics
 from fastserve._native.task_queue import TaskQueue
 from fastserve.batching.assembler import BatchAssembler
 from fastserve.batching.executor import Executor
@@ -37,6 +38,7 @@ from fastserve.batching.stats import BatchRecord, BatchStats
 from fastserve.batching import devices
 from fastserve.config import BatchingConfig, ConfigError, ServerConfig
 from fastserve.errors import ServingError, invalid_argument
+from fastserve.pipeline.member import Answer, Member, cancelled, expired
 from fastserve.servables.registry import ServableHandle, ServableVersion
 from fastserve.servables.signature import Signature
 
@@ -46,35 +48,49 @@ QUEUE_FULL = "The batch scheduling queue to which this task was submitted is ful
 
 
 class _Task:
-    """One request in a queue, or the requests of a group: its inputs are chunks of equal
-    shapes (one per request), kept apart until the assembler copies them into the batch.
-    With splitting, consecutive row ranges of it may run in different batches; `offset` is
-    the first row no batch has taken yet."""
+    """Members queued together (one request, or the requests of a group of equal shapes):
+    their inputs stay apart until the assembler copies them into the batch. With splitting,
+    consecutive row ranges of it may run in different batches; `offset` is the first row
+    no batch has taken yet."""
 
-    __slots__ = ("inputs", "chunk_rows", "rows", "output_keys", "batch_key", "loop", "future", "enqueued", "offset", "parts", "lock")
+    __slots__ = ("members", "rows", "output_keys", "batch_key", "loop", "answer", "enqueued", "offset", "parts", "lock")
 
-    def __init__(self, chunks: list[dict], rows, output_keys, batch_key, loop, future):
-        self.inputs = {key: [chunk[key] for chunk in chunks] for key in chunks[0]}
-        self.chunk_rows = rows // len(chunks)
-        self.rows = rows
+    def __init__(self, members: list[Member], output_keys, batch_key, loop, answer: Answer):
+        self.members = members
+        self.rows = sum(m.rows for m in members)
         self.output_keys = output_keys
         self.batch_key = batch_key
         self.loop = loop
-        self.future = future
+        self.answer = answer
         self.enqueued = time.monotonic()
         self.offset = 0
         self.parts = None  # once split: {start row: (rows, outputs, error)} of the pieces that ran
         self.lock = None
 
     def rows_of(self, key: str, start: int, stop: int) -> list[np.ndarray]:
-        """Views of rows start..stop of one input, one per chunk they span."""
-        out, size = [], self.chunk_rows
-        while start < stop:
-            index, first = divmod(start, size)
-            last = min(size, first + stop - start)
-            out.append(self.inputs[key][index][first:last])
-            start += last - first
+        """Views of rows start..stop of one input, one per member they span."""
+        if start == 0 and stop == self.rows:
+            return [m.inputs[key] for m in self.members]
+        out, first = [], 0
+        for member in self.members:
+            lo, hi = max(start, first), min(stop, first + member.rows)
+            if lo < hi:
+                out.append(member.inputs[key][lo - first : hi - first])
+            first += member.rows
         return out
+
+    def drop_gone(self, now: float) -> list[tuple[list[Member], ServingError]]:
+        """Take out the members no one waits for; [(members, their answer)] of those dropped."""
+        kept, expired_, cancelled_ = [], [], []
+        for member in self.members:
+            why = member.gone(now)
+            (kept if why is None else expired_ if why == StatusCode.DEADLINE_EXCEEDED else cancelled_).append(member)
+        if len(kept) == len(self.members):
+            return []
+        self.members = kept
+        self.rows = sum(m.rows for m in kept)
+        dropped = [(expired_, expired(len(expired_)))] if expired_ else []
+        return dropped + ([(cancelled_, cancelled())] if cancelled_ else [])
 
 
 class BatchQueue:
@@ -110,25 +126,22 @@ class BatchQueue:
 
     # ------------------------------------------------------------ event loop side
 
-    def submit(self, inputs: dict[str, np.ndarray], rows: int, output_keys: tuple[str, ...]) -> asyncio.Future:
-        """Queue one request's task of `rows` rows."""
-        return self.submit_chunks([inputs], rows, output_keys)
-
-    def submit_chunks(self, chunks: list[dict[str, np.ndarray]], rows: int, output_keys: tuple[str, ...]) -> asyncio.Future:
-        """Queue one task holding several requests' inputs (of equal shapes, `rows` rows in all)."""
+    def submit(self, members: list[Member], output_keys: tuple[str, ...], answer: Answer) -> None:
+        """Queue members (their rows together at most max_batch_size) as one task; `answer` is
+        called on this event loop with their outputs, or for those dropped on the way."""
+        rows = sum(m.rows for m in members)
         if rows > self.config.max_batch_size:
             raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {self.config.max_batch_size}")
-        chunks = [{k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in c.items()} for c in chunks]
-        loop = asyncio.get_running_loop()
-        task = _Task(chunks, rows, output_keys, self._batch_key(chunks[0], output_keys), loop, loop.create_future())
-        self._servable.hold()  # released when the task's last rows have run
+        for member in members:
+            member.inputs = {k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in member.inputs.items()}
+        task = _Task(members, output_keys, self._batch_key(members[0].inputs, output_keys), asyncio.get_running_loop(), answer)
+        self._servable.hold()  # released when the task's last rows have run, or it is dropped
         if self._closed or not self._queue.push(task, rows):
             self._servable.release()
-            metrics.rejected("queue_full", len(chunks))
+            metrics.rejected("queue_full", len(members))
             raise ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
         if self._sleeping and self._queue.rows >= self._wake_rows:
             self._wake.set()  # not on every push: a forming batch waits until it can fill or times out
-        return task.future
 
     def _batch_key(self, inputs, output_keys):
         """Tasks batch together only when this key is equal."""
@@ -145,44 +158,85 @@ class BatchQueue:
         assembler = BatchAssembler(self.config.pad_variable_length_inputs)
         while True:
             with self._forming:
-                pieces = self._next_batch()
+                pieces, dropped = self._next_batch()
+            self._post(dropped)
             if pieces is None:
                 return
-            self._execute(pieces, signature, assembler)
+            if pieces:
+                self._execute(pieces, signature, assembler)
 
     def _next_batch(self):
-        """[(task, start, stop)] totalling at most the batch capacity; None once closed and empty."""
+        """([(task, start, stop)] totalling at most the batch capacity, or None once closed and
+        empty; the answers of the members dropped on the way). A batch closes full of rows that
+        someone still waits for: members that expired or were cancelled while it formed are
+        taken out as it closes, and the rows they free are filled again until it times out."""
         timeout = self.config.batch_timeout_micros / 1e6
-        pieces, rows, key, deadline = [], 0, None, 0.0
-        while rows < self._capacity:
-            index = self._find(key)
-            if index is None:
-                if pieces and (timeout <= 0 or time.monotonic() >= deadline):
-                    break
-                if not pieces and self._closed:
-                    return None
-                self._sleep(deadline - time.monotonic() if pieces else None, self._capacity - rows)
-                continue
-            task = self._carry[index]
-            if task.offset == 0 and task.future.cancelled():
-                del self._carry[index]  # its caller is gone (deadline, disconnect)
-                self._queue.rows_done(task.rows)
-                self._servable.release()
-                continue
-            take = min(task.rows - task.offset, self._capacity - rows)
-            if take < task.rows - task.offset and not self.config.enable_large_batch_splitting:
-                break  # does not fit: it starts the next batch
+        pieces, rows, key, deadline, dropped = [], 0, None, 0.0, []
+        while True:
+            timed_out = False
+            while rows < self._capacity:
+                index = self._find(key)
+                if index is None:
+                    if pieces and (timeout <= 0 or time.monotonic() >= deadline):
+                        timed_out = True
+                        break
+                    if not pieces and self._closed:
+                        return None, dropped
+                    self._sleep(deadline - time.monotonic() if pieces else None, self._capacity - rows)
+                    continue
+                task = self._carry[index]
+                if task.offset == 0 and self._drop_gone(task, dropped):
+                    del self._carry[index]  # no one waits for any of it
+                    continue
+                take = min(task.rows - task.offset, self._capacity - rows)
+                if take < task.rows - task.offset and not self.config.enable_large_batch_splitting:
+                    break  # does not fit: it starts the next batch
+                if not pieces:
+                    key, deadline = task.batch_key, task.enqueued + timeout
+                if take < task.rows and task.parts is None:  # split across batches
+                    task.lock, task.parts = threading.Lock(), {}
+                pieces.append((task, task.offset, task.offset + take))
+                task.offset += take
+                rows += take
+                self._queue.rows_done(take)
+                if task.offset == task.rows:
+                    del self._carry[index]
+            pieces, freed = self._closing(pieces, dropped)
+            rows -= freed
+            if timed_out or not freed:
+                return pieces, dropped
             if not pieces:
-                key, deadline = task.batch_key, task.enqueued + timeout
-            if take < task.rows and task.parts is None:  # split across batches
-                task.lock, task.parts = threading.Lock(), {}
-            pieces.append((task, task.offset, task.offset + take))
-            task.offset += take
-            rows += take
-            self._queue.rows_done(take)
-            if task.offset == task.rows:
-                del self._carry[index]
-        return pieces
+                key = None  # all of it was gone: a new batch starts with the next task
+
+    def _closing(self, pieces, dropped: list) -> tuple[list, int]:
+        """The batch as it closes, without the members gone since they joined it (of the tasks
+        that run whole in it; a task split over batches runs on); and how many rows that freed."""
+        kept, freed = [], 0
+        for task, start, stop in pieces:
+            if start == 0 and stop == task.rows and task.parts is None:
+                before = task.rows
+                if self._drop_gone(task, dropped):
+                    freed += before
+                    continue
+                freed += before - task.rows
+                stop = task.rows
+            kept.append((task, start, stop))
+        return kept, freed
+
+    def _drop_gone(self, task: _Task, dropped: list) -> bool:
+        """Drop the task's gone members (their answers go to `dropped`); True when none is left."""
+        before = task.rows
+        for members, error in task.drop_gone(time.monotonic()):
+            dropped.append((task, members, None, error))
+        if task.rows == before:
+            return False
+        if task.offset == 0:  # still counted in the queue's rows
+            self._queue.rows_done(before - task.rows)
+        task.offset = min(task.offset, task.rows)
+        if task.members:
+            return False
+        self._servable.release()
+        return True
 
     def _find(self, key) -> int | None:
         """Index in the carry list of the oldest task that can join a batch of `key`
@@ -215,7 +269,7 @@ class BatchQueue:
         try:
             inputs = {
                 key: assembler.gather(key, [rows for t, a, b in pieces for rows in t.rows_of(key, a, b)], padded)
-                for key in pieces[0][0].inputs
+                for key in pieces[0][0].members[0].inputs
             }
             outputs = assembler.detach(signature.run(inputs, output_keys))
             for name, array in outputs.items():
@@ -242,16 +296,24 @@ class BatchQueue:
         self._deliver(results)
 
     def _deliver(self, results) -> None:
-        """Resolve the finished tasks' futures: one cross-thread call per event loop."""
-        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        """Answer the finished tasks' members."""
+        answers = []
         for task, start, stop, outputs, error in results:
             done = _complete(task, start, stop, outputs, error)
             if done is not None:
-                by_loop.setdefault(task.loop, []).append((task.future, *done))
+                answers.append((task, task.members, *done))
                 self._servable.release()
+        self._post(answers)
+
+    @staticmethod
+    def _post(answers) -> None:
+        """[(task, members, outputs, error)] to the tasks' event loops: one cross-thread call per loop."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for task, members, outputs, error in answers:
+            by_loop.setdefault(task.loop, []).append((task.answer, members, outputs, error))
         for loop, items in by_loop.items():
             try:
-                loop.call_soon_threadsafe(_resolve, items)
+                loop.call_soon_threadsafe(_answer, items)
             except RuntimeError:  # that loop has closed: nobody is waiting
                 pass
 
@@ -295,14 +357,21 @@ def _complete(task: _Task, start: int, stop: int, outputs, error):
     return {name: np.concatenate([o[name] for _, o, _ in parts]) for name in parts[0][1]}, None
 
 
-def _resolve(items) -> None:
-    for future, result, error in items:
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
+def _answer_future(future: asyncio.Future, members, outputs, error) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(outputs)
+
+
+def _answer(items) -> None:
+    for answer, members, outputs, error in items:
+        try:
+            answer(members, outputs, error)
+        except Exception:  # noqa: BLE001 - one failing answer must not keep the others from theirs
+            log.exception("answering %d requests failed", len(members))
 
 
 class Scheduler:
@@ -353,7 +422,14 @@ class Scheduler:
         rows = _batch_rows(inputs) if queue is not None else 0
         if not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
             return await self._plain.run(handle, signature, inputs, output_keys)
-        return await queue.submit(inputs, rows, output_keys)
+        member = Member(inputs, rows, limits.current_deadline())
+        future = asyncio.get_running_loop().create_future()
+        queue.submit([member], output_keys, functools.partial(_answer_future, future))
+        try:
+            return await future
+        except asyncio.CancelledError:
+            member.cancelled = True  # its caller is gone (deadline, disconnect): dropped unless running
+            raise
 
     def batches(self, model: str) -> bool:
         return self._batching.get(model) is not None

@@ -1,0 +1,56 @@
+"""One request on its way to a model: its rows, its own deadline and its cancellation.
+
+Requests that arrive together and agree share the work of a group, but each stays a
+Member: a member whose deadline passes or whose client goes away is answered at once by
+its transport and dropped when its batch is formed, so its rows are never copied into a
+batch nor computed, while the rest of its group goes on.
+"""
+import time
+from typing import Callable
+
+import numpy as np
+from grpc import StatusCode
+
+from fastserve import metrics
+from fastserve.errors import ServingError
+
+EXPIRED_MESSAGE = "Deadline exceeded: the request expired before the model ran"
+CANCELLED_MESSAGE = "Cancelled"
+
+
+class Member:
+    __slots__ = ("inputs", "rows", "deadline", "cancelled", "reply_to")
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None, reply_to=None):
+        self.inputs = inputs
+        self.rows = rows
+        self.deadline = deadline  # on the time.monotonic() clock; None: none
+        self.cancelled = False  # set on its event loop when the client has gone (it has been answered)
+        self.reply_to = reply_to  # what its transport answers it by (a call id, a future)
+
+    def gone(self, now: float) -> StatusCode | None:
+        """Why no one waits for this member's answer any more (None: someone does)."""
+        if self.cancelled:
+            return StatusCode.CANCELLED
+        if self.deadline is not None and now >= self.deadline:
+            return StatusCode.DEADLINE_EXCEEDED
+        return None
+
+
+def deadline_after(seconds: float | None) -> float | None:
+    """The deadline `seconds` from now on the members' clock (None: no deadline)."""
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def expired(requests: int = 1) -> ServingError:
+    """The answer of requests whose deadline passed before the model ran them (and count them)."""
+    metrics.rejected("deadline_exceeded", requests)
+    return ServingError(StatusCode.DEADLINE_EXCEEDED, EXPIRED_MESSAGE)
+
+
+def cancelled() -> ServingError:
+    return ServingError(StatusCode.CANCELLED, CANCELLED_MESSAGE)
+
+
+# answer(members, their outputs stacked in member order or None, error or None), on the members' loop
+Answer = Callable[[list[Member], dict | None, ServingError | None], None]
