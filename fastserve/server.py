@@ -7,25 +7,28 @@ import threading
 import uvloop
 from grpc import StatusCode
 
-from fastserve.api.grpc_aio import GrpcServer
-from fastserve.api.grpc_native import NativeGrpcServer, chosen_transport
-from fastserve.api.http import HttpServer
-from fastserve.api.health import Health
-from fastserve.api.repository import ModelRepository
-from fastserve.api.rest import RestApi, error_response
-from fastserve.api.services import Services
-from fastserve.api.v2 import V2Service
-from fastserve.api.v2_rest import V2Rest
 from fastserve import metrics, tls
-from fastserve.api.tf_serving import TFServingService
 from fastserve.auth import TokenAuth
 from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import Scheduler
 from fastserve.config import ConfigError, ModelConfig, ServerConfig, check_model_root, read_model_list
 from fastserve.errors import ServingError
+from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.manager import ModelManager
 from fastserve.servables.registry import Registry
 from fastserve.servables.state import StateMonitor
+from fastserve.services.catalog import Services
+from fastserve.services.example_inference import ExampleInference
+from fastserve.services.health import Health
+from fastserve.services.repository import ModelRepository
+from fastserve.services.tf_serving import TFServingService
+from fastserve.services.tf_serving_rest import RestV1
+from fastserve.services.v2 import V2Service
+from fastserve.services.v2_rest import V2Rest
+from fastserve.transports.grpc_aio import GrpcServer
+from fastserve.transports.grpc_native import NativeGrpcServer, chosen_transport
+from fastserve.transports.http import HttpServer
+from fastserve.transports.rest import RestApp, error_response
 
 log = logging.getLogger("fastserve")
 
@@ -36,19 +39,20 @@ class Server:
         self.registry = Registry()
         self.monitor = StateMonitor()
         self.manager = ModelManager(config, self.registry, self.monitor)
-        self.executor = Scheduler(config, Executor(config.executor_threads))
+        self.scheduler = Scheduler(config, Executor(config.executor_threads))
         if config.enable_metrics:
-            metrics.export_batching(self.executor.stats)
+            metrics.export_batching(self.scheduler.stats)
         else:
             metrics.disable_request_metrics()
-        self.manager.unload_listeners.append(self.executor.release_version)
-        self.service = TFServingService(self.registry, self.monitor, self.executor, self.reload_models)
+        self.manager.unload_listeners.append(self.scheduler.release_version)
+        self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements)
+        examples = ExampleInference(self.registry, self.pipeline)
+        self.service = TFServingService(self.registry, self.monitor, examples, self.reload_models)
         self.health = Health(self.registry, self.manager.all_available)
         self.repository = ModelRepository(lambda: self.manager.models, self.monitor, self.reload_models, tuple(config.models))
-        self.v2 = V2Service(self.service, self.health, self.repository)
-        self.grpc_services = Services(self.registry, self.service, self.v2, self.health)
+        self.v2 = V2Service(self.registry, self.health, self.repository)
+        self.grpc_services = Services(self.registry, self.pipeline, self.service, self.v2, self.health)
         self._reload_lock = threading.Lock()  # one reload at a time, whoever asks
-        self.service.max_tensor_elements = config.max_tensor_elements
         self.auth = TokenAuth(config.auth_token, config.admin_token)
         self._grpc: GrpcServer | None = None
         self._stopping_event = threading.Event()
@@ -79,12 +83,13 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stopping.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload_from_file, "SIGHUP"))
-        loop.add_signal_handler(signal.SIGUSR1, self.executor.log_stats)
+        loop.add_signal_handler(signal.SIGUSR1, self.scheduler.log_stats)
         if self.config.model_config_file_poll_wait_seconds > 0 and self.config.model_config_format:
             poller = threading.Thread(target=self._poll_config_file, name="fastserve-config-poll", daemon=True)
             poller.start()
         if self.config.rest_port:
-            rest = RestApi(self.service, self.config.rest_api_timeout_ms, self.auth, V2Rest(self.v2), self.config.metrics_path)
+            rest = RestApp(self.pipeline, self.registry, RestV1(self.service), V2Rest(self.v2), timeout_ms=self.config.rest_api_timeout_ms,
+                           auth=self.auth, metrics_path=self.config.metrics_path)
             self._http = HttpServer(rest, error_response, self.config.max_request_bytes)
             ssl_context = tls.server_context(self.config.ssl_config) if self.config.ssl_config else None
             port = await self._http.start(self.config.host, self.config.rest_port, ssl_context)
@@ -105,7 +110,7 @@ class Server:
                 except ConfigError as exc:
                     raise ServingError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 self.manager.reload(models)
-                self.executor.configure(models)
+                self.scheduler.configure(models)
             except ServingError as exc:
                 log.error("model config reload rejected, the previous config keeps serving: %s", exc.message)
                 raise
@@ -144,7 +149,7 @@ class Server:
             log.warning("REST requests still in flight after %gs", grace)
         await grpc_stopped
         await loop.run_in_executor(None, self.manager.stop, grace)
-        self.executor.shutdown()
+        self.scheduler.shutdown()
         log.info("fastserve stopped")
 
     def _log_models(self) -> None:

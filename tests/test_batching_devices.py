@@ -25,6 +25,7 @@ PINNING_SCRIPT = textwrap.dedent(
     from fastserve.batching.executor import Executor
     from fastserve.batching.scheduler import Scheduler
     from fastserve.config import BatchingConfig, ModelConfig, ServerConfig
+    from fastserve.pipeline.member import Member
     from fastserve.servables import saved_model
     from fastserve.servables.manager import session_config
     from fastserve.servables.registry import ServableHandle, ServableVersion
@@ -72,9 +73,15 @@ PINNING_SCRIPT = textwrap.dedent(
             runner._function = function_observer(runner._function)
     servable = ServableVersion("m", 1, loaded)
 
+    async def one(x):
+        future = asyncio.get_running_loop().create_future()
+        scheduler.submit(ServableHandle(servable), signature, [Member({"x": x}, 0)], ("y",),
+                         lambda members, outputs, error: future.set_result(outputs if error is None else error))
+        return await future
+
     async def main():
         xs = [np.full((1, 1), i, np.float32) for i in range(200)]
-        results = await asyncio.gather(*(scheduler.run(ServableHandle(servable), signature, {"x": x}, ("y",)) for x in xs))
+        results = await asyncio.gather(*(one(x) for x in xs))
         assert all((r["y"] == x + 1).all() for r, x in zip(results, xs))
 
     asyncio.run(main())

@@ -46,11 +46,23 @@ def make(batching: BatchingConfig | None):
     return Scheduler(config, Executor(2)), servable, RecordingSignature()
 
 
+async def served(scheduler, handle, signature, inputs, output_keys):
+    """One request through Scheduler.submit, as the pipeline queues a group of one: its outputs."""
+    future = asyncio.get_running_loop().create_future()
+
+    def answer(members, outputs, error):
+        if not future.done():
+            future.set_exception(error) if error is not None else future.set_result(outputs)
+
+    scheduler.submit(handle, signature, [Member(inputs, 0)], output_keys, answer)
+    return await future
+
+
 async def call(scheduler, servable, signature, x, output_keys=("n", "y")):
     handle = ServableHandle(servable)
     servable.hold()  # what a registry lookup does
     try:
-        return await scheduler.run(handle, signature, {"x": x}, output_keys)
+        return await served(scheduler, handle, signature, {"x": x}, output_keys)
     finally:
         servable.release()
 
@@ -208,7 +220,7 @@ def test_input_rules_of_batching():
     scheduler, servable, sig = make(BatchingConfig(max_batch_size=8))
 
     async def run(inputs):
-        return await scheduler.run(ServableHandle(servable), sig, inputs, ("y",))
+        return await served(scheduler, ServableHandle(servable), sig, inputs, ("y",))
 
     with pytest.raises(ServingError, match="at least one dimension"):
         asyncio.run(run({"x": np.float32(1)}))

@@ -10,7 +10,6 @@ import sys
 import grpc
 import numpy as np
 import pytest
-import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
@@ -168,7 +167,7 @@ def test_large_request_is_split_into_execution_batches(server):
 def test_batching_flags_like_tf_serving(start_server, model_dir, tmp_path):
     params = tmp_path / "batching.pbtxt"
     params.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 50000 }\nnum_batch_threads { value: 1 }\n")
-    server = start_server([f"--model_name=dense", f"--model_base_path={model_dir}", "--enable_batching", f"--batching_parameters_file={params}"])
+    server = start_server(["--model_name=dense", f"--model_base_path={model_dir}", "--enable_batching", f"--batching_parameters_file={params}"])
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         outs = list(pool.map(lambda i: rest_predict(server, "dense", {"inputs": {"x": rows(1, seed=i).tolist()}}).json(), range(16)))
     assert max(o["outputs"]["batch_size"][0] for o in outs) > 1

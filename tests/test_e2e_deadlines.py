@@ -10,7 +10,6 @@ answer. Transports: native gRPC, grpc.aio, REST /v1 and REST /v2.
 """
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +20,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from fastserve.api.grpc_native import AVAILABLE as NATIVE_BUILT
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS
 
 DOOMED, FILLERS = 3, 8  # the fillers fill a batch on their own

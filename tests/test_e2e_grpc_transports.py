@@ -6,7 +6,6 @@ calls in flight), on TCP and a unix socket, with a 6 MB message limit.
 import shutil
 import signal
 import subprocess
-import threading
 import time
 
 import grpc
@@ -22,7 +21,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from fastserve.api.grpc_native import AVAILABLE as NATIVE_BUILT
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS
 from tests.model_builder import export_adder
 from tests.test_e2e_metrics import scrape, value

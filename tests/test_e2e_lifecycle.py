@@ -4,7 +4,6 @@ import signal
 import threading
 import time
 
-import pytest
 import requests
 
 from tests.load import Load

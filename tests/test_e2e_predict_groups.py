@@ -1,7 +1,8 @@
 """Grouped Predict on the native transport: the same answers as one call at a time.
 
-The native gRPC transport serves the Predict calls that arrive together for a batched
-model as groups (fastserve/api/predict_groups.py). Here one mixed burst of calls — many
+The native gRPC transport hands the pipeline every Predict call that arrived together;
+those that agree are served as groups (fastserve/pipeline/pipeline.py), while grpc.aio
+hands over one call at a time. Here one mixed burst of calls — many
 models, dtypes, row counts, encodings, output filters, labels, and calls that must fail —
 goes at once to a native server and, for reference, to a grpc.aio server (per-call path)
 with the same models. Every call must get the same status, message and response from both,
@@ -15,7 +16,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from fastserve.api.grpc_native import AVAILABLE as NATIVE_BUILT
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS
 from tests.test_e2e_metrics import scrape, value
 

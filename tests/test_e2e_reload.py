@@ -9,7 +9,7 @@ from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
 from tests.load import Load
-from tests.model_builder import export_adder, install_version
+from tests.model_builder import export_adder
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
 """Grouped REST predict: the same answers as one request at a time.
 
-Predict requests for a batched model that arrive together are served as groups
-(fastserve/api/rest_groups.py); a model without batching takes the per-request path.
+Predict requests that arrive in one event-loop iteration go to the pipeline together and
+those that agree are served as groups (fastserve/pipeline/pipeline.py); a model without
+batching runs each request on its own.
 The server here serves each example model twice, NAME batched and NAME_ref not; one mixed
 burst of concurrent requests (formats, row counts, versions, labels, signatures, and
 requests that must fail) goes to both, and every answer must be the same: status and

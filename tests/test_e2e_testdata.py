@@ -30,7 +30,7 @@ MODELS = [
 @pytest.fixture(scope="module", params=MODELS, ids=[m[0] for m in MODELS])
 def served(request, start_server):
     model_dir, y = request.param
-    server = start_server([f"--model_name=default", f"--model_base_path={TESTDATA / model_dir}"])
+    server = start_server(["--model_name=default", f"--model_base_path={TESTDATA / model_dir}"])
     return server, model_dir, y
 
 

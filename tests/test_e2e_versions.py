@@ -3,7 +3,6 @@ import shutil
 import threading
 import time
 
-import grpc
 import numpy as np
 import pytest
 import requests

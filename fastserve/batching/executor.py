@@ -1,17 +1,18 @@
-"""The executor boundary: the request path hands decoded inputs here and awaits outputs.
+"""Runs the members of models without batching: each member's own signature call on a
+thread pool (TensorFlow releases the GIL while it runs).
 
-This executor runs each request's signature call on a thread pool (TensorFlow releases
-the GIL while it runs). The native dynamic batcher replaces it behind the same
-`run` call, so the frontends do not change.
+A member whose client has gone or whose deadline passed by the time a thread takes it
+is answered without running.
 """
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+from grpc import StatusCode
 
-from fastserve import limits, metrics
-
+from fastserve import metrics
+from fastserve.errors import ServingError
+from fastserve.pipeline.member import Answer, Member, cancelled, expired
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import Signature
 
@@ -20,43 +21,37 @@ class Executor:
     def __init__(self, threads: int):
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="fastserve-exec")
 
-    async def run(
-        self, handle: ServableHandle, signature: Signature, inputs: dict[str, np.ndarray], output_keys: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
-        servable = handle.servable
-        deadline = limits.current_deadline()
-        limits.check_deadline(deadline)
+    def submit(self, handle: ServableHandle, signature: Signature, members: list[Member], output_keys: tuple[str, ...],
+               answer: Answer) -> None:
+        """Run each member; `answer([member], outputs, error)` comes back on this event loop."""
+        loop = asyncio.get_running_loop()
         series = metrics.execution_series(handle.name, handle.version, signature.key)
         queued = time.perf_counter()
-        # The work holds its own reference: if the request is cancelled (deadline,
-        # client gone) while TF runs, the version still cannot be freed under it.
-        servable.hold()
+        for member in members:
+            handle.servable.hold()  # the work holds the version until it has run
+            self._pool.submit(self._work, handle.servable, signature, member, output_keys, answer, loop, series, queued)
 
-        def work():
-            try:
-                limits.check_deadline(deadline)  # it may have expired while it waited for a thread
-                started = time.perf_counter()
-                outputs = signature.run(inputs, output_keys)
-                series.ran(queued, started, time.perf_counter())
-                return outputs
-            finally:
-                servable.release()
-
+    @staticmethod
+    def _work(servable, signature, member: Member, output_keys, answer: Answer, loop, series, queued: float) -> None:
+        outputs = error = None
         try:
-            future = self._pool.submit(work)
-        except RuntimeError:
+            why = member.gone(time.monotonic())  # it may have died while it waited for a thread
+            if why is not None:
+                error = expired() if why == StatusCode.DEADLINE_EXCEEDED else cancelled()
+            else:
+                started = time.perf_counter()
+                outputs = signature.run(member.inputs, output_keys)
+                series.ran(queued, started, time.perf_counter())
+        except ServingError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001 - a failing call must fail its request, never the thread
+            error = ServingError(StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+        finally:
             servable.release()
-            raise
-        future.add_done_callback(_release_if_cancelled(servable))  # cancelled before it ran: work never releases
-        return await asyncio.wrap_future(future)
+        try:
+            loop.call_soon_threadsafe(answer, [member], outputs, error)
+        except RuntimeError:  # that loop has closed: nobody is waiting
+            pass
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True)
-
-
-def _release_if_cancelled(servable):
-    def done(future) -> None:
-        if future.cancelled():
-            servable.release()
-
-    return done

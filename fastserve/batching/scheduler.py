@@ -1,9 +1,8 @@
 """Dynamic batching: many concurrent requests become few large model calls.
 
-The Scheduler sits at the executor boundary (`run(handle, signature, inputs,
-output_keys)`), so every frontend gets batching unchanged. A model without a
-batching config goes to the plain Executor. For a batched model there is one
-BatchQueue per servable version x signature:
+The Scheduler takes a group's members from the pipeline (`submit(handle, signature,
+members, output_keys, answer)`). A model without a batching config goes to the plain
+Executor. For a batched model there is one BatchQueue per servable version x signature:
 
   event loop ── push ──► native lock-free queue ──► batch threads (num_batch_threads)
                                                      form a batch (one thread at a time),
@@ -11,17 +10,19 @@ BatchQueue per servable version x signature:
   event loop ◄── one call_soon_threadsafe per batch and loop ──┘
 
 A batch closes when it has max_batch_size rows (max_execution_batch_size with
-splitting) or when its oldest task has waited batch_timeout_micros. Tasks whose
-non-batch shapes differ go to different batches unless pad_variable_length_inputs
-is set. The queue holds at most max_enqueued_batches x max_batch_size rows; beyond
-that a request is rejected at once with TF Serving's UNAVAILABLE status.
+splitting) of members someone still waits for, or when its oldest task has waited
+batch_timeout_micros. Members whose deadline passed or whose client went away are
+dropped as it closes, never copied nor computed, and their answers go back at once.
+Tasks whose non-batch shapes differ go to different batches unless
+pad_variable_length_inputs is set. The queue holds at most max_enqueued_batches x
+max_batch_size rows; beyond that a request is rejected at once with TF Serving's
+UNAVAILABLE status.
 
 Every queued task holds a reference on its servable version (hold/release), so a
 version is never freed under queued or running work; the manager releases a
 version's queues once it has drained (release_version).
 """
 import asyncio
-import functools
 import json
 import logging
 import threading
@@ -30,7 +31,7 @@ import time
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import limits, metrics
+from fastserve import metrics
 from fastserve._native.task_queue import TaskQueue
 from fastserve.batching.assembler import BatchAssembler
 from fastserve.batching.executor import Executor
@@ -89,7 +90,7 @@ class _Task:
             return []
         self.members = kept
         self.rows = sum(m.rows for m in kept)
-        dropped = [(expired_, expired(len(expired_)))] if expired_ else []
+        dropped = [(expired_, expired())] if expired_ else []
         return dropped + ([(cancelled_, cancelled())] if cancelled_ else [])
 
 
@@ -357,15 +358,6 @@ def _complete(task: _Task, start: int, stop: int, outputs, error):
     return {name: np.concatenate([o[name] for _, o, _ in parts]) for name in parts[0][1]}, None
 
 
-def _answer_future(future: asyncio.Future, members, outputs, error) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(outputs)
-
-
 def _answer(items) -> None:
     for answer, members, outputs, error in items:
         try:
@@ -375,8 +367,8 @@ def _answer(items) -> None:
 
 
 class Scheduler:
-    """The executor boundary with batching: batched models through their queues,
-    the others straight to the plain Executor."""
+    """Where the pipeline queues: batched models through their queues, the others to the
+    plain Executor."""
 
     def __init__(self, config: ServerConfig, plain: Executor):
         self.stats = BatchStats()
@@ -415,24 +407,29 @@ class Scheduler:
             placement[m.name] = ((), 1) if problem else (m.devices, m.instances_per_device)
         self._batching, self._placement = batching, placement
 
-    async def run(
-        self, handle: ServableHandle, signature: Signature, inputs: dict[str, np.ndarray], output_keys: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
+    def submit(self, handle: ServableHandle, signature: Signature, members: list[Member], output_keys: tuple[str, ...],
+               answer: Answer) -> None:
+        """Queue a group's members (inputs of equal shapes) for a batched model, in tasks of at
+        most max_batch_size rows, or run each one for a model without batching; `answer` comes
+        back on this event loop as they finish (or are dropped, or refused)."""
         queue = self.batch_queue(handle, signature)
-        rows = _batch_rows(inputs) if queue is not None else 0
-        if not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
-            return await self._plain.run(handle, signature, inputs, output_keys)
-        member = Member(inputs, rows, limits.current_deadline())
-        future = asyncio.get_running_loop().create_future()
-        queue.submit([member], output_keys, functools.partial(_answer_future, future))
         try:
-            return await future
-        except asyncio.CancelledError:
-            member.cancelled = True  # its caller is gone (deadline, disconnect): dropped unless running
-            raise
-
-    def batches(self, model: str) -> bool:
-        return self._batching.get(model) is not None
+            rows = _batch_rows(members[0].inputs) if queue is not None else 0
+        except ServingError as exc:
+            answer(members, None, exc)
+            return
+        if not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
+            self._plain.submit(handle, signature, members, output_keys, answer)
+            return
+        for member in members:
+            member.rows = rows
+        per_task = max(1, queue.config.max_batch_size // rows)
+        for start in range(0, len(members), per_task):
+            part = members[start : start + per_task]
+            try:
+                queue.submit(part, output_keys, answer)  # copied once, into the batch
+            except ServingError as exc:  # too large, or the queue is full
+                answer(part, None, exc)
 
     def batch_queue(self, handle: ServableHandle, signature: Signature) -> BatchQueue | None:
         """The queue of a batched model's version x signature; None when the model is not batched

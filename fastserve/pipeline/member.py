@@ -11,7 +11,6 @@ from typing import Callable
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import metrics
 from fastserve.errors import ServingError
 
 EXPIRED_MESSAGE = "Deadline exceeded: the request expired before the model ran"
@@ -42,9 +41,8 @@ def deadline_after(seconds: float | None) -> float | None:
     return None if seconds is None else time.monotonic() + seconds
 
 
-def expired(requests: int = 1) -> ServingError:
-    """The answer of requests whose deadline passed before the model ran them (and count them)."""
-    metrics.rejected("deadline_exceeded", requests)
+def expired() -> ServingError:
+    """The answer of a request whose deadline passed before the model ran it."""
     return ServingError(StatusCode.DEADLINE_EXCEEDED, EXPIRED_MESSAGE)
 
 

@@ -1,10 +1,11 @@
 """TensorFlow Serving's PredictionService and ModelService, written once.
 
-The gRPC transport calls these methods with request protos; the REST transport uses
-the same lookups, runs and status/metadata responses. Errors are ServingErrors.
+Predict (and Classify, Regress: services/example_inference.py) are inference calls the
+pipeline serves: this module says what a PredictRequest asks for and how its response is
+written. GetModelMetadata, GetModelStatus and HandleReloadConfigRequest are plain methods.
+The REST API (services/tf_serving_rest.py) uses the same lookups and responses.
 """
 import asyncio
-import time
 from typing import Callable
 
 import numpy as np
@@ -17,82 +18,93 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
-from fastserve import limits, metrics
-from fastserve.api.example_inference import ExampleInference
-from fastserve.batching.executor import Executor
 from fastserve.codec import tensor_proto
 from fastserve.config import ConfigError, ModelConfig, models_from_proto
 from fastserve.errors import ServingError, invalid_argument, not_found
+from fastserve.pipeline.call import Inference, InferenceCall
+from fastserve.services.example_inference import ExampleInference
+from fastserve.services.model_spec import resolved_spec, version_choice
 from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 from fastserve.servables.state import StateMonitor
 
 _State = get_model_status_pb2.ModelVersionStatus.State
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+
+
+class PredictCall(InferenceCall):
+    """A PredictRequest proto (gRPC)."""
+
+    __slots__ = ("_tensors",)
+
+    def __init__(self, request: predict_pb2.PredictRequest):
+        spec = request.model_spec
+        super().__init__(spec.name, *version_choice(spec), spec.signature_name or DEFAULT_SIGNATURE, request.output_filter)
+        self._tensors = request.inputs
+
+    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
+        return {name: tensor_proto.to_numpy(proto, name) for name, proto in self._tensors.items()}
+
+    def encode(self, handle: ServableHandle, signature: Signature, outputs: dict[str, np.ndarray]) -> bytes:
+        response = predict_pb2.PredictResponse()
+        for name, array in outputs.items():
+            tensor_proto.from_numpy(array, response.outputs[name])
+        resolved_spec(handle, self.signature_key, response.model_spec)
+        return response.SerializeToString()
+
+    @classmethod
+    def encode_group(cls, calls: list["PredictCall"], handle: ServableHandle, signature: Signature,
+                     outputs: dict[str, np.ndarray]) -> list:
+        """Responses cut from the stacked outputs: each output's serialized bytes up to its
+        tensor content are the same for every call of a group (equal shapes), so a response is
+        a join of those prefixes and the call's slice of each output buffer."""
+        rows = calls[0].rows
+        if len(calls) == 1 or any(array.dtype.hasobject for array in outputs.values()):  # strings: nothing fixed-size to slice
+            return super().encode_group(calls, handle, signature, outputs)
+        pieces = []  # per output: (serialized entry up to the content, the whole output's bytes, bytes per call)
+        for key, array in outputs.items():
+            array = np.ascontiguousarray(array)
+            entry = predict_pb2.PredictResponse()
+            tensor_proto.from_numpy(array[:rows], entry.outputs[key])
+            serialized, content = entry.SerializeToString(), entry.outputs[key].tensor_content
+            if not serialized.endswith(content):  # the content is not last: encode each call whole
+                return super().encode_group(calls, handle, signature, outputs)
+            pieces.append((serialized[: len(serialized) - len(content)], memoryview(array.reshape(-1).view(np.uint8)), len(content)))
+        spec = predict_pb2.PredictResponse()
+        resolved_spec(handle, calls[0].signature_key, spec.model_spec)
+        spec = spec.SerializeToString()
+        responses = []
+        for i in range(len(calls)):
+            parts = []
+            for prefix, data, size in pieces:
+                parts.append(prefix)
+                parts.append(data[i * size : (i + 1) * size])
+            parts.append(spec)
+            responses.append(b"".join(parts))
+        return responses
 
 
 class TFServingService:
     def __init__(
-        self, registry: Registry, monitor: StateMonitor, executor: Executor,
+        self, registry: Registry, monitor: StateMonitor, examples: ExampleInference,
         reload_models: Callable[[tuple[ModelConfig, ...]], None] | None = None,
     ):
         self.registry = registry
         self.monitor = monitor
-        self.executor = executor
-        self.examples = ExampleInference(self)  # Classify, Regress, MultiInference
+        self.examples = examples  # Classify, Regress, MultiInference
         self._reload_models = reload_models  # blocking; runs off the event loop
 
-    # ------------------------------------------------------------ shared steps
-
     def lookup(self, spec: model_pb2.ModelSpec) -> ServableHandle:
-        return self.registry.lookup(spec.name, *self.version_choice(spec))
-
-    @staticmethod
-    def version_choice(spec: model_pb2.ModelSpec) -> tuple[int | None, str | None]:
-        """(version, label) a ModelSpec asks for; both None: the latest."""
-        choice = spec.WhichOneof("version_choice")
-        return (spec.version.value if choice == "version" else None, spec.version_label if choice == "version_label" else None)
-
-    max_tensor_elements = 0  # set from ServerConfig; 0 = no limit
-
-    async def run(
-        self, handle: ServableHandle, signature: Signature, inputs: dict[str, np.ndarray], output_filter=(), api: str = "Predict",
-    ) -> dict[str, np.ndarray]:
-        series = metrics.model_series(handle.name, handle.version, signature.key, api)
-        started = time.perf_counter()
-        try:
-            signature.validate(inputs)
-            limits.check_elements(inputs, self.max_tensor_elements)
-            output_keys = signature.output_keys(output_filter)
-            outputs = await self.executor.run(handle, signature, inputs, output_keys)
-        except ServingError as exc:
-            series.count(exc.code)
-            raise
-        except asyncio.CancelledError:
-            series.count(StatusCode.CANCELLED)
-            raise
-        except Exception:
-            series.count(StatusCode.INTERNAL)
-            raise
-        series.count(StatusCode.OK)
-        series.ran(time.perf_counter() - started)
-        return outputs
-
-    @staticmethod
-    def resolved_spec(handle: ServableHandle, signature_name: str, spec: model_pb2.ModelSpec | None = None) -> model_pb2.ModelSpec:
-        spec = spec if spec is not None else model_pb2.ModelSpec()
-        spec.name = handle.name
-        spec.version.value = handle.version
-        spec.signature_name = signature_name
-        return spec
+        return self.registry.lookup(spec.name, *version_choice(spec))
 
     def grpc_methods(self) -> dict:
-        """{"/package.Service/Method": (request message class, handler)} for gRPC transports.
+        """{"/package.Service/Method": (request message class, handler) | Inference} for gRPC transports.
 
         A handler takes the parsed request and returns the response message (it may be
         a coroutine function); the transport owns parsing, serializing and status codes.
         """
         return {
-            "/tensorflow.serving.PredictionService/Predict": (predict_pb2.PredictRequest, self.predict),
+            PREDICT: Inference(predict_pb2.PredictRequest, PredictCall),
             "/tensorflow.serving.PredictionService/GetModelMetadata": (
                 get_model_metadata_pb2.GetModelMetadataRequest, self.get_model_metadata),
             "/tensorflow.serving.ModelService/GetModelStatus": (
@@ -103,20 +115,6 @@ class TFServingService:
         }
 
     # ------------------------------------------------------------ PredictionService
-
-    async def predict(self, request: predict_pb2.PredictRequest) -> predict_pb2.PredictResponse:
-        with self.lookup(request.model_spec) as handle:
-            key = request.model_spec.signature_name or DEFAULT_SIGNATURE
-            signature = handle.model.signatures.get(key)
-            if signature is None:
-                raise ServingError(StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
-            inputs = {name: tensor_proto.to_numpy(proto, name) for name, proto in request.inputs.items()}
-            outputs = await self.run(handle, signature, inputs, request.output_filter)
-            response = predict_pb2.PredictResponse()
-            self.resolved_spec(handle, key, response.model_spec)
-        for name, array in outputs.items():
-            tensor_proto.from_numpy(array, response.outputs[name])
-        return response
 
     def get_model_metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest) -> get_model_metadata_pb2.GetModelMetadataResponse:
         if not request.metadata_field:
@@ -129,7 +127,7 @@ class TFServingService:
             for key, signature_def in handle.model.signature_defs.items():
                 signature_map.signature_def[key].CopyFrom(signature_def)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
-            self.resolved_spec(handle, "", response.model_spec)
+            resolved_spec(handle, "", response.model_spec)
         response.metadata["signature_def"].Pack(signature_map)
         return response
 

@@ -9,33 +9,16 @@ import asyncio
 import functools
 import logging
 import ssl
-from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Awaitable, Callable
 
 import httptools
 
 from fastserve import metrics
+from fastserve.services.rest_messages import Request, Response
 
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Request:
-    method: str
-    path: str  # without the query string
-    query: str
-    headers: dict[str, str]  # lower-case names
-    body: bytes
-
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str = "application/json"
-    headers: tuple[tuple[str, str], ...] = ()
 
 
 App = Callable[[Request], Awaitable[Response]]

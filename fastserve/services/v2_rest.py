@@ -19,10 +19,12 @@ from urllib.parse import unquote
 
 import orjson
 
-from fastserve.api.http import Request, Response
-from fastserve.api.v2 import InferRequest, InferResult, V2Service
 from fastserve.codec import json_tensor, v2 as v2_codec
 from fastserve.errors import invalid_argument, not_found
+from fastserve.servables.registry import ServableHandle
+from fastserve.servables.signature import Signature
+from fastserve.services.v2 import V2Call, V2Service
+from fastserve.services.rest_messages import Request, Response
 
 HEADER_LENGTH = "inference-header-content-length"
 _REPOSITORY_RE = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
@@ -33,11 +35,36 @@ def _json(document, status: int = 200) -> Response:
     return Response(status, orjson.dumps(document))
 
 
+class RestV2Call(V2Call):
+    """A JSON (or binary extension) infer request -> its JSON (or binary) response."""
+
+    __slots__ = ("_binary_outputs",)
+
+    def __init__(self, name: str, version: str, request: Request):
+        header, binary = _split_body(request)
+        doc = json_tensor.loads(header)
+        if not isinstance(doc, dict):
+            raise invalid_argument("the infer request must be a JSON object")
+        fields, self._binary_outputs = _decode_request(doc, binary)
+        super().__init__(name, version, *fields)
+
+    def encode(self, handle: ServableHandle, signature: Signature, outputs: dict) -> Response:
+        return _encode_response(handle, self.id, outputs, self._binary_outputs)
+
+
 class V2Rest:
     def __init__(self, service: V2Service):
         self._service = service
 
-    async def route(self, request: Request) -> Response:
+    def route(self, request: Request):
+        """The /v2 request as an inference call (infer), or the coroutine that answers it."""
+        path, method = request.path.rstrip("/") or "/", request.method
+        match = _MODEL_RE.fullmatch(path)
+        if method == "POST" and match is not None and match.group(3) == "infer":
+            return RestV2Call(unquote(match.group(1)), unquote(match.group(2) or ""), request)
+        return self._plain(request)
+
+    async def _plain(self, request: Request) -> Response:
         path, method = request.path.rstrip("/") or "/", request.method
         if method == "GET":
             if path == "/v2":
@@ -59,8 +86,6 @@ class V2Rest:
         if method == "GET" and action == "ready":
             ready = self._service.model_ready(name, version)
             return _json({"name": name, "ready": ready}, 200 if ready else 503)
-        if method == "POST" and action == "infer":
-            return await self._infer(name, version, request)
         raise invalid_argument(f"Malformed request: {method} {request.path}")
 
     async def _repository(self, path: str, body: bytes) -> Response:
@@ -75,16 +100,6 @@ class V2Rest:
         await (self._service.load(name) if action == "load" else self._service.unload(name))
         return _json({})
 
-    async def _infer(self, name: str, version: str, request: Request) -> Response:
-        header, binary = _split_body(request)
-        doc = json_tensor.loads(header)
-        if not isinstance(doc, dict):
-            raise invalid_argument("the infer request must be a JSON object")
-        decoded, binary_outputs = _decode_request(doc, binary, name, version)
-        result = await self._service.infer(decoded)
-        return _encode_response(result, binary_outputs)
-
-
 def _split_body(request: Request) -> tuple[bytes, bytes]:
     body = request.body
     length = request.headers.get(HEADER_LENGTH)
@@ -97,7 +112,8 @@ def _split_body(request: Request) -> tuple[bytes, bytes]:
     return body[:int(length)], body[int(length):]
 
 
-def _decode_request(doc: dict, binary: bytes, name: str, version: str) -> tuple[InferRequest, set[str] | bool]:
+def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
+    """((request id, inputs, requested outputs, signature name), binary outputs: a set, or True for all)."""
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise invalid_argument("the infer request needs 'inputs': a non-empty list of tensors")
@@ -142,8 +158,7 @@ def _decode_request(doc: dict, binary: bytes, name: str, version: str) -> tuple[
     if not isinstance(signature, str):
         raise invalid_argument("parameters.signature_name must be a string")
     request_id = doc.get("id", "")
-    request = InferRequest(name, version, str(request_id), inputs, outputs, signature)
-    return request, True if parameters.get("binary_data_output") else binary_outputs
+    return (str(request_id), inputs, outputs, signature), True if parameters.get("binary_data_output") else binary_outputs
 
 
 def _parameters(doc: dict, what: str) -> dict:
@@ -153,9 +168,9 @@ def _parameters(doc: dict, what: str) -> dict:
     return parameters
 
 
-def _encode_response(result: InferResult, binary_outputs: set[str] | bool) -> Response:
+def _encode_response(handle: ServableHandle, request_id: str, arrays: dict, binary_outputs: set[str] | bool) -> Response:
     outputs, chunks = [], []
-    for name, array in result.outputs.items():
+    for name, array in arrays.items():
         entry = {"name": name, "datatype": v2_codec.datatype_of(array, name), "shape": list(array.shape)}
         if binary_outputs is True or name in binary_outputs:
             raw = v2_codec.to_raw(array)
@@ -164,9 +179,9 @@ def _encode_response(result: InferResult, binary_outputs: set[str] | bool) -> Re
         else:
             entry["data"] = v2_codec.to_json(array)
         outputs.append(entry)
-    document = {"model_name": result.model, "model_version": result.version, "outputs": outputs}
-    if result.id:
-        document["id"] = result.id
+    document = {"model_name": handle.name, "model_version": str(handle.version), "outputs": outputs}
+    if request_id:
+        document["id"] = request_id
     header = json_tensor.dumps(document)
     if not chunks:
         return Response(200, header)

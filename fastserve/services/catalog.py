@@ -1,7 +1,8 @@
 """Every gRPC service fastserve serves, as the one method table the transports drive.
 
-A transport needs `grpc_methods()` and `registry`; reflection needs the service names
-and a descriptor pool that holds their definitions.
+A transport needs `grpc_methods()`, `registry` (metrics labels) and `pipeline` (where
+inference calls go); reflection needs the service names and a descriptor pool that holds
+their definitions.
 """
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
@@ -11,10 +12,10 @@ from fastserve import protos
 
 
 class Services:
-    def __init__(self, registry, tf_serving, *others):
+    def __init__(self, registry, pipeline, *services):
         self.registry = registry
-        self.tf_serving = tf_serving  # TFServingService: the native transport serves its Predict calls in groups
-        self._services = (tf_serving, *others)
+        self.pipeline = pipeline
+        self._services = services
 
     def grpc_methods(self) -> dict:
         methods = {}

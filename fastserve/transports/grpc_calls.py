@@ -1,10 +1,12 @@
-"""One gRPC call, whatever the transport: authenticate, parse, call the service, map errors.
+"""One gRPC call, whatever the transport: authenticate, parse, serve, map errors.
 
 Both gRPC transports (native and grpc.aio) serve the services' method tables,
-{"/package.Service/Method": (request message class, handler)}, through `Method`, so
-authentication, parsing, deadlines, status codes, metrics and the request log are the
-same on both. A transport hands over the raw request, the call's metadata and its
-deadline, and sends back the Outcome.
+{"/package.Service/Method": (request message class, handler) | Inference}, the same way,
+so authentication, parsing, deadlines, status codes, metrics and the request log are the
+same on both. A plain method (`Method`) runs its handler and gives the Outcome back; an
+inference method (`InferMethod`) turns the request into an InferenceCall that the
+transport hands to the pipeline with the others that arrived with it, and that answers
+through the reply the transport gave it.
 """
 import asyncio
 import logging
@@ -18,6 +20,8 @@ from fastserve import limits, metrics
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, invalid_argument
 from fastserve.logs import request_log
+from fastserve.pipeline.call import Inference, InferenceCall, Reply
+from fastserve.pipeline.member import deadline_after
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +62,35 @@ def _finish(api: str, model: str, code: StatusCode, started: float) -> None:
     request_log.record("GRPC", api, model, code, seconds)
 
 
-class Method:
-    """One row of a service's table, served from and to raw bytes."""
+class _Entry:
+    """What every method does first: authenticate, check the deadline, parse the request."""
 
-    def __init__(self, path: str, request_class, handler, auth: TokenAuth | None, is_served: Callable[[str], bool]):
+    def __init__(self, path: str, request_class, auth: TokenAuth | None, is_served: Callable[[str], bool]):
         self.request_class = request_class
-        self.handler = handler
-        self.is_async = asyncio.iscoroutinefunction(handler)
         self.api = path.rsplit("/", 1)[1]
         surface = TokenAuth.grpc_surface(path)
         self.auth = auth if auth is not None and auth.enabled and surface != "open" else None
         self.admin = surface == "admin"
         self.is_served = is_served
+
+    def parse(self, payload: bytes, metadata, timeout: float | None):
+        if self.auth:
+            self.auth.check(_authorization(metadata), self.admin)
+        if timeout is not None:
+            limits.check_deadline(time.monotonic() + timeout)
+        try:
+            return self.request_class.FromString(payload)
+        except DecodeError as exc:
+            raise invalid_argument(f"malformed {self.request_class.DESCRIPTOR.full_name}: {exc}") from None
+
+
+class Method(_Entry):
+    """A plain method of a service's table, served from and to raw bytes."""
+
+    def __init__(self, path: str, request_class, handler, auth: TokenAuth | None, is_served: Callable[[str], bool]):
+        super().__init__(path, request_class, auth, is_served)
+        self.handler = handler
+        self.is_async = asyncio.iscoroutinefunction(handler)
 
     async def __call__(self, payload: bytes, metadata, timeout: float | None) -> Outcome:
         """Serve one call; `timeout` is the seconds left before the client's deadline (None: no deadline).
@@ -82,15 +103,7 @@ class Method:
         model = metrics.UNKNOWN_MODEL
         _IN_FLIGHT.inc()
         try:
-            if self.auth:
-                self.auth.check(_authorization(metadata), self.admin)
-            if timeout is not None:
-                limits.check_deadline(deadline)
-                limits.set_deadline(timeout)
-            try:
-                request = self.request_class.FromString(payload)
-            except DecodeError as exc:
-                raise invalid_argument(f"malformed {self.request_class.DESCRIPTOR.full_name}: {exc}") from None
+            request = self.parse(payload, metadata, timeout)
             model = _model_label(request, self.is_served)
             response = await self.handler(request) if self.is_async else self.handler(request)
             body = response.SerializeToString()
@@ -112,11 +125,41 @@ class Method:
         return Outcome(error.code, error.message, None)
 
 
+class InferMethod(_Entry):
+    """An inference method: its request becomes a call for the pipeline."""
+
+    def __init__(self, path: str, entry: Inference, auth: TokenAuth | None, is_served: Callable[[str], bool]):
+        super().__init__(path, entry.request_class, auth, is_served)
+        self.make_call = entry.make_call
+
+    def start(self, payload: bytes, metadata, timeout: float | None, reply: Reply) -> InferenceCall | None:
+        """The call for the pipeline; None when it is answered already (refused: through `reply`)."""
+        started = time.perf_counter()
+        request = None
+        try:
+            request = self.parse(payload, metadata, timeout)
+            call = self.make_call(request)
+        except ServingError as exc:
+            _finish(self.api, _model_label(request, self.is_served) if request is not None else metrics.UNKNOWN_MODEL,
+                    exc.code, started)
+            reply(exc, None)
+            return None
+        call.entrypoint = "GRPC"
+        call.started = started
+        call.deadline = deadline_after(timeout)
+        call.reply = reply
+        _IN_FLIGHT.inc()  # until the pipeline answers it
+        return call
+
+
 def method_table(
     methods: dict, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
-) -> dict[str, Method]:
-    """{"/package.Service/Method": Method} from a service's {path: (request class, handler)}.
+) -> dict[str, Method | InferMethod]:
+    """{"/package.Service/Method": Method | InferMethod} from the services' method tables.
 
     is_served(name) tells whether a model is served (its name becomes a metrics label).
     """
-    return {path: Method(path, request_class, handler, auth, is_served) for path, (request_class, handler) in methods.items()}
+    return {
+        path: InferMethod(path, entry, auth, is_served) if isinstance(entry, Inference) else Method(path, *entry, auth, is_served)
+        for path, entry in methods.items()
+    }

@@ -1,26 +1,25 @@
 """The Open Inference Protocol (V2: Triton, KServe, MLServer), written once.
 
 gRPC transports drive `grpc_methods()` (inference.GRPCInferenceService); the REST
-routes (api/v2_rest.py) call the same steps. A model's V2 inputs and outputs are its
-serving_default signature (another one with the request parameter "signature_name");
-inference runs through TFServingService.run: same servables, batching and errors as
-the TF Serving API.
+routes (services/v2_rest.py) use the same steps. A model's V2 inputs and outputs are its
+serving_default signature (another one with the request parameter "signature_name").
+An infer request is an inference call (V2Call) through the same pipeline as the TF
+Serving API: same servables, batching and errors.
 """
 import asyncio
-from dataclasses import dataclass, field
 
 import numpy as np
 from google.protobuf import json_format
 
 import fastserve
 from fastserve import dtypes, protos
-from fastserve.api.health import Health
-from fastserve.api.repository import ModelRepository
-from fastserve.api.tf_serving import TFServingService
 from fastserve.codec import v2 as v2_codec
-from fastserve.errors import invalid_argument, not_found
-from fastserve.servables.registry import ServableHandle
+from fastserve.errors import ServingError, invalid_argument, not_found
+from fastserve.pipeline.call import Inference, InferenceCall
+from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
+from fastserve.services.health import Health
+from fastserve.services.repository import ModelRepository
 
 PLATFORM = "tensorflow_savedmodel"
 SERVICE = "/inference.GRPCInferenceService/"
@@ -28,28 +27,69 @@ SERVICE = "/inference.GRPCInferenceService/"
 pb = protos.inference()
 
 
-@dataclass
-class InferRequest:
-    """A decoded infer request, whatever the wire form."""
-    model: str
-    version: str
-    id: str = ""
-    inputs: dict[str, np.ndarray] = field(default_factory=dict)
-    outputs: list[str] = field(default_factory=list)  # requested outputs; empty: all
-    signature_name: str = ""
+class V2Call(InferenceCall):
+    """A decoded infer request, whatever the wire form (the inputs are typed on the wire:
+    decoded before the model is looked up). Subclasses write the response."""
+
+    __slots__ = ("id", "_decoded")
+    api = "ModelInfer"
+
+    def __init__(self, model: str, version: str, request_id: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                 signature_name: str):
+        super().__init__(model, _version_number(version), None, signature_name or DEFAULT_SIGNATURE, outputs)
+        self.id = request_id
+        self._decoded = inputs
+
+    def missing_signature(self, handle: ServableHandle) -> ServingError:
+        return _missing_signature(handle, self.signature_key)
+
+    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
+        return self._decoded
+
+    def check(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:
+        for name, array in inputs.items():
+            spec = signature.inputs.get(name)
+            if spec is not None and spec.dtype != dtypes.from_numpy(array.dtype).enum:
+                raise invalid_argument(
+                    f"input '{name}': datatype {v2_codec.datatype_of(array, name)} does not match "
+                    f"the model's {_v2_name(spec.dtype)}"
+                )
 
 
-@dataclass
-class InferResult:
-    model: str
-    version: str
-    id: str
-    outputs: dict[str, np.ndarray]  # in response order
+class GrpcV2Call(V2Call):
+    """ModelInferRequest (gRPC) -> ModelInferResponse, outputs as raw contents."""
+
+    __slots__ = ()
+
+    def __init__(self, request):
+        raw = request.raw_input_contents
+        if raw and len(raw) != len(request.inputs):
+            raise invalid_argument(
+                f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs: "
+                "send one entry per input, in order, or none"
+            )
+        inputs = {}
+        for i, tensor in enumerate(request.inputs):
+            if tensor.name in inputs:
+                raise invalid_argument(f"input '{tensor.name}' appears more than once")
+            if raw:
+                inputs[tensor.name] = v2_codec.from_raw(raw[i], tensor.datatype, tensor.shape, tensor.name)
+            else:
+                inputs[tensor.name] = v2_codec.from_contents(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
+        signature = request.parameters["signature_name"].string_param if "signature_name" in request.parameters else ""
+        super().__init__(request.model_name, request.model_version, request.id, inputs, [o.name for o in request.outputs], signature)
+
+    def encode(self, handle: ServableHandle, signature: Signature, outputs: dict[str, np.ndarray]) -> bytes:
+        response = pb.ModelInferResponse(model_name=handle.name, model_version=str(handle.version), id=self.id)
+        for name, array in outputs.items():
+            response.outputs.add(name=name, datatype=v2_codec.datatype_of(array, name), shape=array.shape)
+            response.raw_output_contents.append(v2_codec.to_raw(array))
+        return response.SerializeToString()
 
 
 class V2Service:
-    def __init__(self, tf_serving: TFServingService, health: Health, repository: ModelRepository | None = None):
-        self._tf = tf_serving
+    def __init__(self, registry: Registry, health: Health, repository: ModelRepository | None = None):
+        self._registry = registry
         self.health = health
         self.repository = repository  # the model repository extension, where the server has one
 
@@ -60,7 +100,7 @@ class V2Service:
             SERVICE + "ModelReady": (pb.ModelReadyRequest, self._grpc_model_ready),
             SERVICE + "ServerMetadata": (pb.ServerMetadataRequest, lambda _: pb.ServerMetadataResponse(**self.server_metadata())),
             SERVICE + "ModelMetadata": (pb.ModelMetadataRequest, self._grpc_model_metadata),
-            SERVICE + "ModelInfer": (pb.ModelInferRequest, self._grpc_model_infer),
+            SERVICE + "ModelInfer": Inference(pb.ModelInferRequest, GrpcV2Call),
         }
         if self.repository is not None:
             methods.update({
@@ -83,14 +123,14 @@ class V2Service:
         await asyncio.get_running_loop().run_in_executor(None, self.repository.unload, name)
 
     def lookup(self, name: str, version: str) -> ServableHandle:
-        return self._tf.registry.lookup(name, _version_number(version))
+        return self._registry.lookup(name, _version_number(version))
 
     def model_ready(self, name: str, version: str) -> bool:
         return self.health.model_ready(name, _version_number(version))
 
     def model_metadata(self, name: str, version: str) -> dict:
         with self.lookup(name, version) as handle:
-            entry = self._tf.registry.entry(name)
+            entry = self._registry.entry(name)
             signature = _signature(handle, "")
             return {
                 "name": name,
@@ -99,19 +139,6 @@ class V2Service:
                 "inputs": [_tensor_metadata(spec) for _, spec in sorted(signature.inputs.items())],
                 "outputs": [_tensor_metadata(spec) for _, spec in sorted(signature.outputs.items())],
             }
-
-    async def infer(self, request: InferRequest) -> InferResult:
-        with self.lookup(request.model, request.version) as handle:
-            signature = _signature(handle, request.signature_name)
-            for name, array in request.inputs.items():
-                spec = signature.inputs.get(name)
-                if spec is not None and spec.dtype != dtypes.from_numpy(array.dtype).enum:
-                    raise invalid_argument(
-                        f"input '{name}': datatype {v2_codec.datatype_of(array, name)} does not match "
-                        f"the model's {_v2_name(spec.dtype)}"
-                    )
-            outputs = await self._tf.run(handle, signature, request.inputs, request.outputs, api="V2Infer")
-            return InferResult(handle.name, str(handle.version), request.id, outputs)
 
     # ------------------------------------------------------------ gRPC
 
@@ -132,36 +159,6 @@ class V2Service:
         await self.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
-    async def _grpc_model_infer(self, request) -> "pb.ModelInferResponse":
-        result = await self.infer(decode_grpc_request(request))
-        response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
-        for name, array in result.outputs.items():
-            response.outputs.add(name=name, datatype=v2_codec.datatype_of(array, name), shape=array.shape)
-            response.raw_output_contents.append(v2_codec.to_raw(array))
-        return response
-
-
-def decode_grpc_request(request) -> InferRequest:
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise invalid_argument(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs: "
-            "send one entry per input, in order, or none"
-        )
-    inputs = {}
-    for i, tensor in enumerate(request.inputs):
-        if tensor.name in inputs:
-            raise invalid_argument(f"input '{tensor.name}' appears more than once")
-        if raw:
-            inputs[tensor.name] = v2_codec.from_raw(raw[i], tensor.datatype, tensor.shape, tensor.name)
-        else:
-            inputs[tensor.name] = v2_codec.from_contents(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
-    signature = request.parameters["signature_name"].string_param if "signature_name" in request.parameters else ""
-    return InferRequest(
-        model=request.model_name, version=request.model_version, id=request.id, inputs=inputs,
-        outputs=[o.name for o in request.outputs], signature_name=signature,
-    )
-
 
 def _version_number(version: str) -> int | None:
     if not version:
@@ -175,8 +172,12 @@ def _signature(handle: ServableHandle, name: str) -> Signature:
     key = name or DEFAULT_SIGNATURE
     signature = handle.model.signatures.get(key)
     if signature is None:
-        raise not_found(f'model {handle.name} version {handle.version} has no signature "{key}"')
+        raise _missing_signature(handle, key)
     return signature
+
+
+def _missing_signature(handle: ServableHandle, key: str) -> ServingError:
+    return not_found(f'model {handle.name} version {handle.version} has no signature "{key}"')
 
 
 def _v2_name(dtype_enum: int) -> str:

@@ -11,16 +11,17 @@ import grpc
 from grpc import aio
 from grpc_reflection.v1alpha import reflection
 
-from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, method_table
-from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
+from fastserve.pipeline.pipeline import Pipeline
+from fastserve.services.catalog import Services
+from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, method_table
 from fastserve.tls import SSLConfig, grpc_credentials
 
 log = logging.getLogger(__name__)
 
 
 def _unary_handler(method: Method):
-    """grpc.aio's side of one method: the shared step does the work, this sends its outcome."""
+    """grpc.aio's side of one plain method: the shared step does the work, this sends its outcome."""
 
     async def call(request_bytes: bytes, context: aio.ServicerContext):
         outcome = await method(request_bytes, context.invocation_metadata(), context.time_remaining())
@@ -31,14 +32,41 @@ def _unary_handler(method: Method):
     return grpc.unary_unary_rpc_method_handler(call)  # raw bytes in and out
 
 
+def _inference_handler(method: InferMethod, pipeline: Pipeline):
+    """grpc.aio's side of one inference method: each call is a group of one in the pipeline."""
+
+    async def call(request_bytes: bytes, context: aio.ServicerContext):
+        answer = asyncio.get_running_loop().create_future()
+
+        def reply(error, payload) -> None:
+            if not answer.done():
+                answer.set_result((error, payload))
+
+        inference = method.start(request_bytes, context.invocation_metadata(), context.time_remaining(), reply)
+        if inference is not None:
+            pipeline.submit([inference])
+        try:
+            error, payload = await answer
+        except asyncio.CancelledError:  # the client went away, or its deadline passed
+            if inference is not None:
+                pipeline.cancel(inference)
+            raise
+        if error is not None:
+            await context.abort(error.code, error.message)
+        return payload
+
+    return grpc.unary_unary_rpc_method_handler(call)
+
+
 def generic_handlers(
-    methods: dict, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
+    methods: dict, pipeline: Pipeline, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
 ) -> list[grpc.GenericRpcHandler]:
     """Group "/service/method" entries into one generic handler per service (see method_table)."""
     services: dict[str, dict] = {}
     for path, method in method_table(methods, auth, is_served).items():
         service, name = path.strip("/").split("/")
-        services.setdefault(service, {})[name] = _unary_handler(method)
+        handler = _inference_handler(method, pipeline) if isinstance(method, InferMethod) else _unary_handler(method)
+        services.setdefault(service, {})[name] = handler
     return [grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items()]
 
 
@@ -87,7 +115,8 @@ class GrpcServer:
         ]
         self._server = aio.server(options=options)
         is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
-        self._server.add_generic_rpc_handlers(generic_handlers(self._service.grpc_methods(), self._auth, is_served))
+        self._server.add_generic_rpc_handlers(
+            generic_handlers(self._service.grpc_methods(), self._service.pipeline, self._auth, is_served))
         reflection.enable_server_reflection(  # lets grpcurl-style tools list and describe the services
             [*self._service.service_names(), reflection.SERVICE_NAME], self._server, pool=self._service.reflection_pool()
         )

@@ -2,10 +2,11 @@
 
 A C++ thread drives gRPC's completion queue and never touches Python. Calls whose request
 has arrived wait there; one wake-up of this transport's event loop (uvloop, on its own
-thread) takes all of them, runs each as a task through the shared step
-(grpc_calls.Method), and the answers made in one loop iteration go back to C++ in one
-respond(). Cancellations (client gone, deadline passed) arrive the same way and cancel
-the call's task.
+thread) takes all of them. The inference calls among them go to the pipeline together
+(so those that agree are served as groups); each other call runs as a task through the
+shared step (grpc_calls.Method). The answers made in one loop iteration go back to C++ in
+one respond(). Cancellations (client gone, deadline passed) arrive the same way: an
+inference call is answered and dropped from its batch, a task is cancelled.
 """
 import asyncio
 import functools
@@ -18,10 +19,11 @@ from typing import Callable
 import uvloop
 from grpc import StatusCode
 
-from fastserve.api.grpc_calls import MAX_MESSAGE_BYTES, Method, Outcome, count_gone_on_arrival, method_table
-from fastserve.api.predict_groups import PREDICT, PredictGroups
-from fastserve.api.services import Services
 from fastserve.auth import TokenAuth
+from fastserve.errors import ServingError
+from fastserve.pipeline.call import InferenceCall
+from fastserve.services.catalog import Services
+from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, Outcome, count_gone_on_arrival, method_table
 from fastserve.tls import SSLConfig
 
 log = logging.getLogger(__name__)
@@ -67,14 +69,15 @@ class NativeGrpcServer:
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
-        self._methods: dict[str, Method] = method_table(service.grpc_methods(), auth, is_served)
-        self._groups = PredictGroups(service.tf_serving, self._methods[PREDICT], self._reply)
+        self._methods: dict[str, Method | InferMethod] = method_table(service.grpc_methods(), auth, is_served)
+        self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
         self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls)
         self._loop = uvloop.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._tasks: dict[int, asyncio.Task] = {}
+        self._tasks: dict[int, asyncio.Task] = {}  # plain calls being served
+        self._calls: dict[int, InferenceCall] = {}  # inference calls not answered yet
         self._replies: list[tuple] = []
         self.bound: list[str] = []
 
@@ -115,14 +118,26 @@ class NativeGrpcServer:
                 count_gone_on_arrival(path)
         if cancelled:
             calls = self._drop_gone_on_arrival(calls, set(cancelled))
-        for call_id, path, payload, metadata, timeout in self._groups.serve(calls):
-            task = self._loop.create_task(self._serve(path, payload, metadata, timeout))
+        inference = []
+        for call_id, path, payload, metadata, timeout in calls:
+            method = self._methods.get(path)
+            if isinstance(method, InferMethod):
+                call = method.start(payload, metadata, timeout, functools.partial(self._answer_call, call_id))
+                if call is not None:
+                    self._calls[call_id] = call
+                    inference.append(call)
+                continue
+            task = self._loop.create_task(self._serve(method, path, payload, metadata, timeout))
             # A done callback, not the coroutine, answers: a task cancelled before it
             # started never runs its body, and its call must be answered all the same.
             task.add_done_callback(functools.partial(self._answer, call_id))
             self._tasks[call_id] = task
+        if inference:
+            self._pipeline.submit(inference)
         for call_id in cancelled:
-            if self._groups.cancel(call_id):
+            call = self._calls.get(call_id)
+            if call is not None:
+                self._pipeline.cancel(call)
                 continue
             task = self._tasks.get(call_id)
             if task is not None:
@@ -143,8 +158,8 @@ class NativeGrpcServer:
             self._reply([(call_id, _CANCELLED.code.value[0], _CANCELLED.message, None)])
         return kept
 
-    async def _serve(self, path: str, payload: bytes, metadata: tuple, timeout: float | None) -> Outcome:
-        method = self._methods.get(path)
+    @staticmethod
+    async def _serve(method: Method | None, path: str, payload: bytes, metadata: tuple, timeout: float | None) -> Outcome:
         if method is None:
             return Outcome(StatusCode.UNIMPLEMENTED, f"Method not found: {path}", None)
         return await method(payload, metadata, timeout)
@@ -153,6 +168,10 @@ class NativeGrpcServer:
         del self._tasks[call_id]
         outcome = _CANCELLED if task.cancelled() else task.result()
         self._reply([(call_id, outcome.code.value[0], outcome.message, outcome.payload)])
+
+    def _answer_call(self, call_id: int, error: ServingError | None, payload: bytes | None) -> None:
+        self._calls.pop(call_id, None)
+        self._reply([(call_id, error.code.value[0], error.message, None) if error is not None else (call_id, 0, "", payload)])
 
     def _reply(self, replies: list[tuple]) -> None:
         if not self._replies:

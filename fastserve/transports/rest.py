@@ -1,0 +1,170 @@
+"""The REST app: HTTP requests to the services' REST routes (/v1: TF Serving, /v2: V2).
+
+Per request: authentication, the deadline (rest_api_timeout_in_ms), metrics and the
+request log, and errors as {"error": "..."} with the HTTP status of their canonical
+code (errors.py). A route gives an inference call or a coroutine. Inference calls that
+arrive in one event-loop iteration go to the pipeline together (so those that agree
+are served as groups); each one's answer resolves the future the HTTP connection writes
+from, and a timer answers it 504 when its deadline passes. A connection that closes
+cancels its requests: an inference call is dropped from its batch, a coroutine cancelled.
+"""
+import asyncio
+import functools
+import time
+from typing import Awaitable
+
+import orjson
+from grpc import StatusCode
+
+from fastserve import limits, metrics
+from fastserve.auth import TokenAuth
+from fastserve.errors import HTTP_STATUS, ServingError
+from fastserve.logs import request_log
+from fastserve.pipeline.call import InferenceCall
+from fastserve.pipeline.member import deadline_after
+from fastserve.pipeline.pipeline import Pipeline
+from fastserve.servables.registry import Registry
+from fastserve.services.rest_messages import Request, Response
+
+METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's; /metrics is served too
+_IN_FLIGHT = metrics.IN_FLIGHT.labels("REST")
+# REST verbs and resources -> the gRPC method names, so both entrypoints share API labels.
+_API_LABELS = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "metadata": "GetModelMetadata",
+               "status": "GetModelStatus", "infer": "ModelInfer", "ready": "ModelReady"}
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, orjson.dumps({"error": message}))
+
+
+class RestApp:
+    def __init__(
+        self, pipeline: Pipeline, registry: Registry, v1, v2=None, *, timeout_ms: int = 0, auth: TokenAuth | None = None,
+        metrics_path: str = METRICS_PATH,
+    ):
+        self._pipeline = pipeline
+        self._registry = registry  # metrics labels
+        self._v1 = v1  # services.tf_serving_rest.RestV1
+        self._v2 = v2  # services.v2_rest.V2Rest, the Open Inference Protocol's /v2 routes
+        self._timeout = timeout_ms / 1000 if timeout_ms > 0 else None
+        self._auth = auth if auth is not None and auth.enabled else None
+        self._metrics_paths = (metrics_path, "/metrics")
+        self._pending: list[InferenceCall] = []  # this loop iteration's inference calls
+
+    def __call__(self, request: Request) -> Awaitable[Response]:
+        if request.method == "GET" and request.path in self._metrics_paths:
+            return _done(self._scrape(request))
+        started = time.perf_counter()
+        deadline = deadline_after(self._timeout)  # from its arrival: reading the body counts
+        try:
+            surface = TokenAuth.rest_surface(request.path) if self._auth else "open"
+            if surface != "open":
+                self._auth.check(request.headers.get("authorization"), surface == "admin")
+            routed = self._route(request)
+        except ServingError as exc:
+            self._record(request, exc.code, started)
+            return _done(error_response(exc.http_status, exc.message))
+        if isinstance(routed, InferenceCall):
+            return self._submit(routed, started, deadline)
+        return self._serve(request, routed, started)
+
+    def _route(self, request: Request):
+        path = request.path
+        if self._v2 is not None and (path == "/v2" or path.startswith("/v2/")):
+            return self._v2.route(request)
+        return self._v1.route(request)
+
+    # ------------------------------------------------------------ inference calls
+
+    def _submit(self, call: InferenceCall, started: float, deadline: float | None) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        call.entrypoint = "REST"
+        call.started = started
+        _IN_FLIGHT.inc()  # until the pipeline answers it
+        call.deadline = deadline
+        timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._pipeline.expire, call) if deadline is not None else None
+        call.reply = functools.partial(self._reply, future, timer)
+        future.add_done_callback(functools.partial(self._gone, call))
+        if not self._pending:
+            loop.call_soon(self._flush)
+        self._pending.append(call)
+        return future
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        self._pipeline.submit(pending)
+
+    def _reply(self, future: asyncio.Future, timer: asyncio.TimerHandle | None, error: ServingError | None, payload) -> None:
+        if timer is not None:
+            timer.cancel()  # it would keep the call alive until it fired
+        if future.done():  # cancelled: the connection has closed
+            return
+        if error is None:
+            future.set_result(payload if isinstance(payload, Response) else Response(200, payload))
+        elif error.code == StatusCode.DEADLINE_EXCEEDED:
+            future.set_result(self._deadline_response())
+        else:
+            future.set_result(error_response(error.http_status, error.message))
+
+    def _gone(self, call: InferenceCall, future: asyncio.Future) -> None:
+        if future.cancelled():  # its connection closed before the answer
+            self._pipeline.cancel(call)
+
+    # ------------------------------------------------------------ other requests
+
+    async def _serve(self, request: Request, answer: Awaitable[Response], started: float) -> Response:
+        code = StatusCode.OK
+        _IN_FLIGHT.inc()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await answer
+        except ServingError as exc:
+            code = exc.code
+            return error_response(exc.http_status, exc.message)
+        except TimeoutError:
+            code = StatusCode.DEADLINE_EXCEEDED
+            return self._deadline_response()
+        except asyncio.CancelledError:  # the client closed its connection
+            code = StatusCode.CANCELLED
+            raise
+        finally:
+            _IN_FLIGHT.dec()
+            self._record(request, code, started)
+
+    def _deadline_response(self) -> Response:
+        return error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout))
+
+    def _scrape(self, request: Request) -> Response:
+        """Prometheus' scrape: not a request itself (no request metrics), but it needs the token."""
+        if self._auth:
+            try:
+                self._auth.check(request.headers.get("authorization"), admin=False)
+            except ServingError as exc:
+                return error_response(exc.http_status, exc.message)
+        body, content_type = metrics.scrape()
+        return Response(200, body, content_type)
+
+    def _record(self, request: Request, code: StatusCode, started: float) -> None:
+        """Metrics and the sampled request log of a request the pipeline does not answer:
+        API and model come from the path."""
+        parts = request.path.split("/")
+        model = parts[3].partition(":")[0] if len(parts) > 3 and parts[2] == "models" else ""
+        if model and self._registry.entry(model) is None:
+            model = metrics.UNKNOWN_MODEL
+        last = parts[-1]
+        if ":" in last:
+            verb = last.rpartition(":")[2].lower()
+        elif request.method == "GET":
+            verb = last if last in ("metadata", "ready") else "status"
+        else:
+            verb = last
+        api = _API_LABELS.get(verb, "other")
+        seconds = metrics.request_series("REST", api, model).done(code, started)
+        request_log.record("REST", api, model, code, seconds)
+
+
+def _done(response: Response) -> asyncio.Future:
+    future = asyncio.get_running_loop().create_future()
+    future.set_result(response)
+    return future
