@@ -137,7 +137,7 @@ def main(argv=None) -> int:
                             measure(server, args.seconds, args.concurrency, workdir if protocol == "rest" else body))
                 finally:
                     server.stop()
-    print(f"\n| protocol | req/s, metrics on | req/s, metrics off | overhead |\n|---|---|---|---|")
+    print("\n| protocol | req/s, metrics on | req/s, metrics off | overhead |\n|---|---|---|---|")
     for protocol in protocols:
         on, off = statistics.median(rps[(protocol, True)]), statistics.median(rps[(protocol, False)])
         overhead = (off - on) / off * 100

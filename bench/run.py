@@ -2,6 +2,7 @@
 
     python bench/run.py            # full run (several minutes)
     python bench/run.py --quick    # CI smoke run, under 2 minutes
+    python bench/run.py --baseline ../old   # also every point on another checkout, same run
 
 It exports the benchmark models into a cache directory, measures each model's
 in-process limit (its signature called directly, no server), starts fastserve with
@@ -11,7 +12,10 @@ C load generators: wrk for REST and h2load for gRPC (Debian packages `wrk` and
 `grpc-aio` is a second server started with --grpc_transport=aio, for comparison.
 For each model, protocol, batching mode and concurrency it
 reports requests/s, rows/s, p50/p90/p99 latency and the server's mean batch size
-(read from the `batching totals` line the server logs on SIGUSR1). Results go to
+(read from the `batching totals` line the server logs on SIGUSR1). With --baseline, a
+second server runs from another checkout (e.g. `git worktree add ../old REV`, built in
+place) and every point runs on it right after this one: rows `PROTOCOL@baseline`, and the
+ratios section compares them. Results go to
 bench/results/: results.json, results.md (the table) and results.png (throughput
 and p99 against concurrency).
 """
@@ -163,6 +167,7 @@ def ensure_exported(cache: Path, names) -> None:
 
 
 RUNTIMES = {}  # model name -> the runtime the server's default config chose, as in-process
+BASELINE = "@baseline"  # the protocol label suffix of the rows measured on --baseline
 
 
 def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
@@ -202,7 +207,11 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, cache: Path, names, workdir: Path, grpc_transport: str = ""):
+    """fastserve with every model twice (NAME batched, NAME_nobatch not), run from `repo`: this
+    checkout, or another one built in place (--baseline)."""
+
+    def __init__(self, cache: Path, names, workdir: Path, grpc_transport: str = "", repo: Path = REPO):
+        workdir.mkdir(parents=True, exist_ok=True)
         lines = ["models:"]
         for name in names:
             params = ", ".join(f"{k}: {json.dumps(v)}" for k, v in MODELS[name].batching.items())
@@ -217,7 +226,8 @@ class Server:
                f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
         if grpc_transport:
             cmd.append(f"--grpc_transport={grpc_transport}")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
+        env = {**os.environ, "PYTHONPATH": str(repo)}  # that checkout's package, not the installed one
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=repo, env=env)
         deadline = time.monotonic() + 300
         while "fastserve ready" not in self.log():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -360,7 +370,9 @@ class Row:
     in_process_rows_per_s: dict = field(default_factory=dict)
 
 
-def sweep(server: Server, names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
+def sweep(servers: dict[str, Server], names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
+    """Every point against each server in turn ({label suffix: server}: "" for this checkout,
+    "@baseline" for the other), so that they share the machine's moods."""
     results = []
     for name in names:
         model = MODELS[name]
@@ -368,29 +380,34 @@ def sweep(server: Server, names, protocols, default_seconds: float, workdir: Pat
         for batching in (True, False):
             served = name if batching else f"{name}_nobatch"
             for protocol in protocols:
-                if protocol.startswith("grpc"):
-                    check_grpc(server.grpc_port, served, model)
                 points = [(c, 1) for c in model.concurrency]
                 if protocol.startswith("grpc"):
                     points += list(model.grpc_multiplexed)
                 for concurrency, streams in points:
-                    before = server.batch_totals().get(f"{served}/1/serving_default", {})
-                    if protocol == "rest":
-                        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{served}:predict"
-                        stats = run_wrk(url, rest_bodies(model, rows_per_request), concurrency, seconds, workdir)
-                    else:
-                        body = grpc_body(served, model, rows_per_request)
-                        stats = run_h2load(server.grpc_port, body, concurrency, seconds, workdir, streams)
-                        check_grpc(server.grpc_port, served, model)  # still answering right after the load
-                    after = server.batch_totals().get(f"{served}/1/serving_default", {})
-                    batches = after.get("batches", 0) - before.get("batches", 0)
-                    mean_batch = (after.get("rows", 0) - before.get("rows", 0)) / batches if batches else None
-                    row = Row(name, protocol, batching, concurrency, stats["requests_per_s"],
-                              stats["requests_per_s"] * rows_per_request, stats["p50_ms"], stats["p90_ms"], stats["p99_ms"],
-                              stats["errors"], mean_batch, streams)
-                    print(format_row(row), flush=True)
-                    results.append(row)
+                    for suffix, server in servers.items():
+                        row = _point(server, model, served, batching, protocol, concurrency, streams, seconds, workdir, rows_per_request)
+                        row.protocol += suffix
+                        print(format_row(row), flush=True)
+                        results.append(row)
     return results
+
+
+def _point(server: Server, model: BenchModel, served: str, batching: bool, protocol: str, concurrency: int, streams: int,
+           seconds: float, workdir: Path, rows_per_request: int) -> Row:
+    before = server.batch_totals().get(f"{served}/1/serving_default", {})
+    if protocol == "rest":
+        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{served}:predict"
+        stats = run_wrk(url, rest_bodies(model, rows_per_request), concurrency, seconds, workdir)
+    else:
+        check_grpc(server.grpc_port, served, model)
+        body = grpc_body(served, model, rows_per_request)
+        stats = run_h2load(server.grpc_port, body, concurrency, seconds, workdir, streams)
+        check_grpc(server.grpc_port, served, model)  # still answering right after the load
+    after = server.batch_totals().get(f"{served}/1/serving_default", {})
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    mean_batch = (after.get("rows", 0) - before.get("rows", 0)) / batches if batches else None
+    return Row(model.name, protocol, batching, concurrency, stats["requests_per_s"], stats["requests_per_s"] * rows_per_request,
+               stats["p50_ms"], stats["p90_ms"], stats["p99_ms"], stats["errors"], mean_batch, streams)
 
 
 def format_row(r: Row) -> str:
@@ -427,7 +444,8 @@ def markdown(rows: list[Row], limits: dict, machine_text: str) -> str:
 
 
 def summary(rows: list[Row], limits: dict) -> list[str]:
-    """What batching and the native transport buy, as ratios within this run."""
+    """What batching and the native transport buy, and this checkout against the baseline, as
+    ratios within this run."""
     def find(model, protocol, batching, concurrency, streams=1):
         return next((r for r in rows if (r.model, r.protocol, r.batching, r.concurrency, r.streams) ==
                      (model, protocol, batching, concurrency, streams)), None)
@@ -447,6 +465,14 @@ def summary(rows: list[Row], limits: dict) -> list[str]:
             if max_batch in limit:
                 text += f", {on.rows_per_s / limit[max_batch]:.0%} of the in-process limit at max_batch_size {max_batch}"
             out.append(text)
+        for r in rows:
+            if r.model == name and r.protocol.endswith(BASELINE):
+                new = find(name, r.protocol[: -len(BASELINE)], r.batching, r.concurrency, r.streams)
+                if new is not None and r.requests_per_s:
+                    point = f"{r.concurrency}x{r.streams}" if r.streams > 1 else str(r.concurrency)
+                    out.append(f"- {name} {new.protocol} batching {'on' if r.batching else 'off'} at {point}: "
+                               f"{new.requests_per_s:,.0f} req/s = {new.requests_per_s / r.requests_per_s:.2f}x the baseline "
+                               f"({r.requests_per_s:,.0f})")
         for connections, streams in MODELS[name].grpc_multiplexed:
             native, aio = find(name, "grpc", True, connections, streams), find(name, "grpc-aio", True, connections, streams)
             if native is not None and aio is not None and aio.requests_per_s:
@@ -488,6 +514,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, help="load duration per point (default 5, quick 2)")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     p.add_argument("--cache", help="where exported models are kept (default OUT/models)")
+    p.add_argument("--baseline", help="another fastserve checkout, built in place (python setup.py build_ext --inplace "
+                                      "build_py): every point also runs against it, right after this one; the ratios compare them")
     args = p.parse_args(argv)
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
@@ -517,14 +545,17 @@ def main(argv=None) -> int:
         for transport, wanted in (("", [p for p in protocols if p != "grpc-aio"]), ("aio", ["grpc-aio"] if "grpc-aio" in protocols else [])):
             if not wanted:
                 continue
-            server = Server(cache, names, Path(tmp), transport)
+            servers = {"": Server(cache, names, Path(tmp) / "current", transport)}
             try:
                 for name in names:  # the in-process limit is only comparable on the same runtime
-                    if f"model {name} version 1: {RUNTIMES[name]} runtime" not in server.log():
-                        raise RuntimeError(f"the server did not serve {name} on the {RUNTIMES[name]} runtime:\n{server.log()}")
-                rows += sweep(server, names, wanted, seconds, Path(tmp))
+                    if f"model {name} version 1: {RUNTIMES[name]} runtime" not in servers[""].log():
+                        raise RuntimeError(f"the server did not serve {name} on the {RUNTIMES[name]} runtime:\n{servers[''].log()}")
+                if args.baseline:
+                    servers[BASELINE] = Server(cache, names, Path(tmp) / "baseline", transport, Path(args.baseline).resolve())
+                rows += sweep(servers, names, wanted, seconds, Path(tmp))
             finally:
-                server.stop()
+                for server in servers.values():
+                    server.stop()
     for r in rows:
         r.in_process_rows_per_s = limits[r.model]
     machine_text = machine()

@@ -90,16 +90,23 @@ class _RequestSeries:
         self._latency = REQUEST_LATENCY.labels(model, api, entrypoint)
         self._counts: dict[StatusCode, object] = {}
 
-    def done(self, code: StatusCode, started: float, requests: int = 1) -> float:
-        """Count finished requests (that all started at `started`); returns their duration in seconds."""
-        seconds = time.perf_counter() - started
-        for _ in range(requests):
-            self._latency.observe(seconds * 1e6)
-        count = self._counts.get(code)
-        if count is None:
-            count = self._counts[code] = REQUEST_COUNT.labels(self._model, code.name)
-        count.inc(requests)
+    def done(self, code: StatusCode, started: float) -> float:
+        """Count one finished request that started at `started`; returns its duration in seconds."""
+        seconds = self.observe(started)
+        self.count(code)
         return seconds
+
+    def observe(self, started: float) -> float:
+        """The latency of one finished request (counted with `count`); returns it in seconds."""
+        seconds = time.perf_counter() - started
+        self._latency.observe(seconds * 1e6)
+        return seconds
+
+    def count(self, code: StatusCode, requests: int = 1) -> None:
+        child = self._counts.get(code)
+        if child is None:
+            child = self._counts[code] = REQUEST_COUNT.labels(self._model, code.name)
+        child.inc(requests)
 
 
 _request_series: dict[tuple[str, str, str], _RequestSeries] = {}
@@ -111,6 +118,17 @@ def request_series(entrypoint: str, api: str, model: str) -> _RequestSeries:
     if series is None:
         series = _request_series[key] = _RequestSeries(entrypoint, api, model)
     return series
+
+
+_in_flight = {}
+
+
+def in_flight(protocol: str):
+    """The in-flight gauge of one protocol (GRPC, REST), bound once."""
+    child = _in_flight.get(protocol)
+    if child is None:
+        child = _in_flight[protocol] = IN_FLIGHT.labels(protocol)
+    return child
 
 
 def rejected(reason: str, requests: int = 1) -> None:
@@ -182,7 +200,10 @@ class _NoSeries:
 
     __slots__ = ()
 
-    def done(self, code: StatusCode, started: float, requests: int = 1) -> float:
+    def done(self, code: StatusCode, started: float) -> float:
+        return time.perf_counter() - started
+
+    def observe(self, started: float) -> float:
         return time.perf_counter() - started
 
     def count(self, code: StatusCode, requests: int = 1) -> None:

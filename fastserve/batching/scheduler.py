@@ -82,6 +82,11 @@ class _Task:
 
     def drop_gone(self, now: float) -> list[tuple[list[Member], ServingError]]:
         """Take out the members no one waits for; [(members, their answer)] of those dropped."""
+        for member in self.members:  # the common case first, without a call per member: all alive
+            if member.cancelled or (member.deadline is not None and now >= member.deadline):
+                break
+        else:
+            return []
         kept, expired_, cancelled_ = [], [], []
         for member in self.members:
             why = member.gone(now)
@@ -186,7 +191,7 @@ class BatchQueue:
                     self._sleep(deadline - time.monotonic() if pieces else None, self._capacity - rows)
                     continue
                 task = self._carry[index]
-                if task.offset == 0 and self._drop_gone(task, dropped):
+                if task.offset == 0 and self._drop_gone(task, dropped, time.monotonic()):
                     del self._carry[index]  # no one waits for any of it
                     continue
                 take = min(task.rows - task.offset, self._capacity - rows)
@@ -212,11 +217,11 @@ class BatchQueue:
     def _closing(self, pieces, dropped: list) -> tuple[list, int]:
         """The batch as it closes, without the members gone since they joined it (of the tasks
         that run whole in it; a task split over batches runs on); and how many rows that freed."""
-        kept, freed = [], 0
+        kept, freed, now = [], 0, time.monotonic()
         for task, start, stop in pieces:
             if start == 0 and stop == task.rows and task.parts is None:
                 before = task.rows
-                if self._drop_gone(task, dropped):
+                if self._drop_gone(task, dropped, now):
                     freed += before
                     continue
                 freed += before - task.rows
@@ -224,10 +229,10 @@ class BatchQueue:
             kept.append((task, start, stop))
         return kept, freed
 
-    def _drop_gone(self, task: _Task, dropped: list) -> bool:
+    def _drop_gone(self, task: _Task, dropped: list, now: float) -> bool:
         """Drop the task's gone members (their answers go to `dropped`); True when none is left."""
         before = task.rows
-        for members, error in task.drop_gone(time.monotonic()):
+        for members, error in task.drop_gone(now):
             dropped.append((task, members, None, error))
         if task.rows == before:
             return False

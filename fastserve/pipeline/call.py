@@ -7,7 +7,6 @@ inputs are, which outputs it wants and how its answer is written. The transport 
 brought it gives it `reply`, the one way its answer goes back. The call is itself the
 Member the batch queue holds: its deadline and cancellation travel with it.
 """
-import time
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -18,30 +17,37 @@ from fastserve.pipeline.member import Member
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import Signature
 
-# reply(error, payload): the call's answer, an error or its encoded response (bytes for gRPC,
-# an http Response for REST), back to its transport; called once, on the call's event loop.
-Reply = Callable[[ServingError | None, object], None]
+# reply(call, error, payload): the call's answer, an error or its encoded response (bytes for
+# gRPC, an http Response for REST), back to its transport; called once, on the call's event loop.
+Reply = Callable[["InferenceCall", ServingError | None, object], None]
 
 
 class InferenceCall(Member):
     """The base of every API's calls. A subclass sets `api` (the metrics' API label) and
     implements `inputs_for` and `encode`; the others have the TF Serving Predict meaning."""
 
-    __slots__ = ("entrypoint", "model", "version", "label", "signature_key", "output_filter", "started", "reply", "answered")
+    __slots__ = ("entrypoint", "model", "version", "label", "signature_key", "output_filter", "started", "reply", "reply_to",
+                 "answered")
     api = "Predict"
 
     def __init__(self, model: str, version: int | None, label: str | None, signature_key: str, output_filter=()):
-        super().__init__(None, 0)
+        # The Member's fields, set here directly: one call less on every request.
+        self.inputs = None  # once resolved: {name: array} for the signature
+        self.rows = 0
+        self.deadline = None
+        self.cancelled = False
         self.model = model
         self.version = version
         self.label = label
         self.signature_key = signature_key
-        self.output_filter = tuple(output_filter)
-        self.started = time.perf_counter()
-        # Set by the transport that brought it:
-        self.entrypoint = ""  # "GRPC" or "REST", for metrics; "" for a part of a request (MultiInference's tasks)
-        self.reply: Reply | None = None
+        self.output_filter = tuple(output_filter) if output_filter else ()
         self.answered = False
+        # Set by the transport that brought it (entrypoint "": a part of a request, as
+        # MultiInference's tasks are: counted by that request):
+        self.entrypoint = ""  # "GRPC" or "REST", for metrics
+        self.started = 0.0  # time.perf_counter() on arrival
+        self.reply: Reply | None = None
+        self.reply_to = None  # what the transport answers it by: a call id, a future
 
     # ------------------------------------------------------------ what the API means
 

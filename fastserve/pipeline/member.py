@@ -18,14 +18,13 @@ CANCELLED_MESSAGE = "Cancelled"
 
 
 class Member:
-    __slots__ = ("inputs", "rows", "deadline", "cancelled", "reply_to")
+    __slots__ = ("inputs", "rows", "deadline", "cancelled")
 
-    def __init__(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None, reply_to=None):
+    def __init__(self, inputs: dict[str, np.ndarray] | None, rows: int, deadline: float | None = None):
         self.inputs = inputs
         self.rows = rows
         self.deadline = deadline  # on the time.monotonic() clock; None: none
         self.cancelled = False  # set on its event loop when the client has gone (it has been answered)
-        self.reply_to = reply_to  # what its transport answers it by (a call id, a future)
 
     def gone(self, now: float) -> StatusCode | None:
         """Why no one waits for this member's answer any more (None: someone does)."""

@@ -8,9 +8,9 @@ the scheduler batches them (or runs each, for a model without batching) and the 
 are written per call. Every call keeps its own deadline and cancellation: one that dies
 while queued is answered at once and its rows are never computed.
 
-Steps, each in one place: resolve (`_resolve`: registry lookup, the call's signature and
+Steps, each in one place: resolve (`submit`: registry lookup, the call's signature and
 inputs), validate and admit (`_start`: the API's checks, names and dtypes, limits,
-output keys, deadline), queue (Scheduler.submit), answer (`_answer`, `_deliver`: the
+output keys, deadline), queue (Scheduler.submit), answer (`_answer`, `_finish`: the
 call's encoder, metrics, the request log, its transport's reply).
 """
 import asyncio
@@ -44,12 +44,24 @@ class Pipeline:
         for call in calls:
             if call.answered:  # its client went away before it was submitted
                 continue
-            resolved = self._resolve(call, handles)
-            if resolved is None:
+            # resolve: the version, the call's signature, its inputs decoded for that signature
+            spec = (call.model, call.version, call.label)
+            handle = handles.get(spec)
+            try:
+                if handle is None:
+                    try:
+                        handle = handles[spec] = self._registry.lookup(*spec)
+                    except ServingError as exc:
+                        handle = handles[spec] = exc
+                if isinstance(handle, ServingError):
+                    raise handle
+                signature = call.signature(handle)
+                call.inputs = call.inputs_for(signature)
+            except ServingError as exc:
+                self._finish([call], exc)
                 continue
-            handle, signature = resolved
-            shapes = tuple([(name, array.dtype.str, array.shape) for name, array in call.inputs.items()])
-            key = (handle.servable, signature.key, type(call), call.output_filter, shapes)
+            shapes = tuple([(name, array.dtype, array.shape) for name, array in call.inputs.items()])
+            key = (handle.servable, signature.key, call.__class__, call.output_filter, shapes)
             group = groups.get(key)
             if group is None:
                 groups[key] = (handle, signature, [call])
@@ -67,7 +79,8 @@ class Pipeline:
         """Serve one call and return its response (raises its error): for services that
         combine several calls' answers (MultiInference)."""
         future = asyncio.get_running_loop().create_future()
-        call.reply = functools.partial(_settle, future)
+        call.reply, call.reply_to = _settle, future
+        call.started = time.perf_counter()
         self.submit([call])
         try:
             return await future
@@ -78,36 +91,15 @@ class Pipeline:
     def cancel(self, call: InferenceCall) -> None:
         """The call's client went away (or its gRPC deadline passed): answer it now (CANCELLED)
         and drop its rows if they have not run."""
-        if call.answered:
-            return
         call.cancelled = True
-        self._deliver(call, cancelled(), None)
+        self._finish([call], cancelled())
 
     def expire(self, call: InferenceCall) -> None:
         """The call's deadline passed before its answer (REST's rest_api_timeout_in_ms): answer
         it now (DEADLINE_EXCEEDED); its rows are dropped if they have not run."""
-        self._deliver(call, expired(), None)
+        self._finish([call], expired())
 
     # ------------------------------------------------------------ steps
-
-    def _resolve(self, call: InferenceCall, handles: dict) -> tuple[ServableHandle, Signature] | None:
-        """(version, signature) of a call, its inputs decoded for that signature; None: answered."""
-        spec = (call.model, call.version, call.label)
-        handle = handles.get(spec)
-        try:
-            if handle is None:
-                try:
-                    handle = handles[spec] = self._registry.lookup(*spec)
-                except ServingError as exc:
-                    handle = handles[spec] = exc
-            if isinstance(handle, ServingError):
-                raise handle
-            signature = call.signature(handle)
-            call.inputs = call.inputs_for(signature)
-        except ServingError as exc:
-            self._deliver(call, exc, None)
-            return None
-        return handle, signature
 
     def _start(self, handle: ServableHandle, signature: Signature, calls: list[InferenceCall]) -> None:
         """Validate and admit a group (equal inputs: one check holds for all), then queue it."""
@@ -118,12 +110,12 @@ class Pipeline:
             limits.check_elements(first.inputs, self._max_elements, len(calls))
             output_keys = first.output_keys(signature)
         except ServingError as exc:
-            self._fail(calls, exc, handle, signature)
+            self._finish(calls, exc, handle, signature)
             return
         now = time.monotonic()
         live = [call for call in calls if call.deadline is None or now < call.deadline]
         if len(live) < len(calls):
-            self._fail([c for c in calls if c not in live], expired(), handle, signature)
+            self._finish([c for c in calls if c not in live], expired(), handle, signature)
         if live:
             answer = functools.partial(self._answer, handle.servable, signature, time.perf_counter())
             self._scheduler.submit(handle, signature, live, output_keys, answer)
@@ -133,45 +125,55 @@ class Pipeline:
         """The outputs (stacked in call order) or the error of calls that ran, or were dropped, together."""
         handle = ServableHandle(servable)  # names the version in responses; the queue held it until now
         if error is not None:
-            self._fail(calls, error, handle, signature)
+            self._finish(calls, error, handle, signature)
             return
         try:
             responses = type(calls[0]).encode_group(calls, handle, signature, outputs)
         except ServingError:
             responses = [_encoded(call, handle, signature, _rows(outputs, calls, i)) for i, call in enumerate(calls)]
-        ran = time.perf_counter() - queued
-        for call, response in zip(calls, responses):
-            if isinstance(response, ServingError):
-                self._deliver(call, response, None, handle, signature)
-            else:
-                self._deliver(call, None, response, handle, signature, ran)
+        self._finish(calls, None, handle, signature, responses, time.perf_counter() - queued)
 
-    def _fail(self, calls: list[InferenceCall], error: ServingError, handle=None, signature=None) -> None:
-        for call in calls:
-            self._deliver(call, error, None, handle, signature)
-
-    def _deliver(self, call: InferenceCall, error: ServingError | None, payload, handle: ServableHandle | None = None,
-                 signature: Signature | None = None, ran: float = 0.0) -> None:
-        """Send one call's answer (once) and count it."""
-        if call.answered:
-            return
-        call.answered = True
-        code = StatusCode.OK if error is None else error.code
-        if code == StatusCode.CANCELLED and call.deadline is not None and time.monotonic() >= call.deadline:
-            code = StatusCode.DEADLINE_EXCEEDED  # gRPC cancels a call whose deadline passed
-        if code == StatusCode.DEADLINE_EXCEEDED:
-            metrics.rejected("deadline_exceeded")
-        if signature is not None:
-            series = metrics.model_series(handle.name, handle.version, signature.key, call.api)
-            series.count(code)
-            if error is None:
-                series.ran(ran)
-        if call.entrypoint:  # a request of its own (not a part of one, as MultiInference's tasks are)
-            model = call.model if self._registry.entry(call.model) is not None else metrics.UNKNOWN_MODEL
-            seconds = metrics.request_series(call.entrypoint, call.api, model).done(code, call.started)
-            request_log.record(call.entrypoint, call.api, model, code, seconds)
-            metrics.IN_FLIGHT.labels(call.entrypoint).dec()  # its transport counted it in
-        call.reply(error, payload)
+    def _finish(self, calls: list[InferenceCall], error: ServingError | None, handle: ServableHandle | None = None,
+                signature: Signature | None = None, responses: list | None = None, ran: float = 0.0) -> None:
+        """Send the answers of calls of one group (the error, or each one's response: a
+        ServingError where its encoding failed), each once, and count them."""
+        first = calls[0]
+        model_series = metrics.model_series(handle.name, handle.version, signature.key, first.api) if signature else None
+        if first.entrypoint:  # a request of its own (not a part of one)
+            model = first.model if self._registry.entry(first.model) is not None else metrics.UNKNOWN_MODEL
+            request_series = metrics.request_series(first.entrypoint, first.api, model)
+        now = time.monotonic()
+        counts: dict[StatusCode, int] = {}
+        sampled = first.entrypoint and request_log.sample_rate
+        for i, call in enumerate(calls):
+            if call.answered:
+                continue
+            call.answered = True
+            own_error, payload = error, None
+            if responses is not None:
+                payload = responses[i]
+                if isinstance(payload, ServingError):
+                    own_error, payload = payload, None
+            code = StatusCode.OK if own_error is None else own_error.code
+            if code is StatusCode.CANCELLED and call.deadline is not None and now >= call.deadline:
+                code = StatusCode.DEADLINE_EXCEEDED  # gRPC cancels a call whose deadline passed
+            counts[code] = counts.get(code, 0) + 1
+            if first.entrypoint:
+                seconds = request_series.observe(call.started)
+                if sampled:
+                    request_log.record(first.entrypoint, first.api, model, code, seconds)
+            call.reply(call, own_error, payload)
+        for code, count in counts.items():
+            if code == StatusCode.DEADLINE_EXCEEDED:
+                metrics.rejected("deadline_exceeded", count)
+            if model_series is not None:
+                model_series.count(code, count)
+                if code == StatusCode.OK:
+                    model_series.ran(ran, count)
+            if first.entrypoint:
+                request_series.count(code, count)
+        if first.entrypoint and counts:
+            metrics.in_flight(first.entrypoint).dec(sum(counts.values()))  # its transport counted them in
 
 
 def _encoded(call: InferenceCall, handle, signature, outputs):
@@ -189,7 +191,8 @@ def _rows(outputs: dict[str, np.ndarray], calls: list[InferenceCall], index: int
     return {k: v[first : first + calls[index].rows] for k, v in outputs.items()}
 
 
-def _settle(future: asyncio.Future, error: ServingError | None, payload) -> None:
+def _settle(call: InferenceCall, error: ServingError | None, payload) -> None:
+    future = call.reply_to
     if future.done():
         return
     if error is not None:

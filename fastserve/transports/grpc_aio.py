@@ -11,7 +11,9 @@ import grpc
 from grpc import aio
 from grpc_reflection.v1alpha import reflection
 
+from fastserve import metrics
 from fastserve.auth import TokenAuth
+from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
 from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, method_table
@@ -36,26 +38,29 @@ def _inference_handler(method: InferMethod, pipeline: Pipeline):
     """grpc.aio's side of one inference method: each call is a group of one in the pipeline."""
 
     async def call(request_bytes: bytes, context: aio.ServicerContext):
+        try:
+            inference = method.start(request_bytes, context.invocation_metadata(), context.time_remaining())
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
         answer = asyncio.get_running_loop().create_future()
-
-        def reply(error, payload) -> None:
-            if not answer.done():
-                answer.set_result((error, payload))
-
-        inference = method.start(request_bytes, context.invocation_metadata(), context.time_remaining(), reply)
-        if inference is not None:
-            pipeline.submit([inference])
+        inference.reply, inference.reply_to = _settle, answer
+        metrics.in_flight("GRPC").inc()
+        pipeline.submit([inference])
         try:
             error, payload = await answer
         except asyncio.CancelledError:  # the client went away, or its deadline passed
-            if inference is not None:
-                pipeline.cancel(inference)
+            pipeline.cancel(inference)
             raise
         if error is not None:
             await context.abort(error.code, error.message)
         return payload
 
     return grpc.unary_unary_rpc_method_handler(call)
+
+
+def _settle(call, error, payload) -> None:
+    if not call.reply_to.done():
+        call.reply_to.set_result((error, payload))
 
 
 def generic_handlers(

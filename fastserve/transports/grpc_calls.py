@@ -20,14 +20,13 @@ from fastserve import limits, metrics
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, invalid_argument
 from fastserve.logs import request_log
-from fastserve.pipeline.call import Inference, InferenceCall, Reply
-from fastserve.pipeline.member import deadline_after
+from fastserve.pipeline.call import Inference, InferenceCall
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 2**31 - 1  # as TF Serving: no practical limit unless configured
 
-_IN_FLIGHT = metrics.IN_FLIGHT.labels("GRPC")
+_IN_FLIGHT = metrics.in_flight("GRPC")
 
 
 class Outcome(NamedTuple):
@@ -132,8 +131,10 @@ class InferMethod(_Entry):
         super().__init__(path, entry.request_class, auth, is_served)
         self.make_call = entry.make_call
 
-    def start(self, payload: bytes, metadata, timeout: float | None, reply: Reply) -> InferenceCall | None:
-        """The call for the pipeline; None when it is answered already (refused: through `reply`)."""
+    def start(self, payload: bytes, metadata, timeout: float | None) -> InferenceCall:
+        """The call for the pipeline; raises ServingError (counted) when the request is refused.
+        The transport sets its reply and counts the calls it hands to the pipeline in flight
+        (the pipeline counts them out as it answers)."""
         started = time.perf_counter()
         request = None
         try:
@@ -142,13 +143,11 @@ class InferMethod(_Entry):
         except ServingError as exc:
             _finish(self.api, _model_label(request, self.is_served) if request is not None else metrics.UNKNOWN_MODEL,
                     exc.code, started)
-            reply(exc, None)
-            return None
+            raise
         call.entrypoint = "GRPC"
         call.started = started
-        call.deadline = deadline_after(timeout)
-        call.reply = reply
-        _IN_FLIGHT.inc()  # until the pipeline answers it
+        if timeout is not None:
+            call.deadline = time.monotonic() + timeout
         return call
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 import uvloop
 from grpc import StatusCode
 
+from fastserve import metrics
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.call import InferenceCall
@@ -78,6 +79,7 @@ class NativeGrpcServer:
         self._thread: threading.Thread | None = None
         self._tasks: dict[int, asyncio.Task] = {}  # plain calls being served
         self._calls: dict[int, InferenceCall] = {}  # inference calls not answered yet
+        self._call_reply = self._answer_call  # bound once: every inference call's reply
         self._replies: list[tuple] = []
         self.bound: list[str] = []
 
@@ -122,10 +124,14 @@ class NativeGrpcServer:
         for call_id, path, payload, metadata, timeout in calls:
             method = self._methods.get(path)
             if isinstance(method, InferMethod):
-                call = method.start(payload, metadata, timeout, functools.partial(self._answer_call, call_id))
-                if call is not None:
-                    self._calls[call_id] = call
-                    inference.append(call)
+                try:
+                    call = method.start(payload, metadata, timeout)
+                except ServingError as exc:
+                    self._reply([(call_id, exc.code.value[0], exc.message, None)])
+                    continue
+                call.reply, call.reply_to = self._call_reply, call_id
+                self._calls[call_id] = call
+                inference.append(call)
                 continue
             task = self._loop.create_task(self._serve(method, path, payload, metadata, timeout))
             # A done callback, not the coroutine, answers: a task cancelled before it
@@ -133,6 +139,7 @@ class NativeGrpcServer:
             task.add_done_callback(functools.partial(self._answer, call_id))
             self._tasks[call_id] = task
         if inference:
+            metrics.in_flight("GRPC").inc(len(inference))
             self._pipeline.submit(inference)
         for call_id in cancelled:
             call = self._calls.get(call_id)
@@ -169,9 +176,12 @@ class NativeGrpcServer:
         outcome = _CANCELLED if task.cancelled() else task.result()
         self._reply([(call_id, outcome.code.value[0], outcome.message, outcome.payload)])
 
-    def _answer_call(self, call_id: int, error: ServingError | None, payload: bytes | None) -> None:
-        self._calls.pop(call_id, None)
-        self._reply([(call_id, error.code.value[0], error.message, None) if error is not None else (call_id, 0, "", payload)])
+    def _answer_call(self, call: InferenceCall, error: ServingError | None, payload: bytes | None) -> None:
+        call_id = call.reply_to
+        del self._calls[call_id]
+        if not self._replies:
+            self._loop.call_soon(self._flush)
+        self._replies.append((call_id, error.code.value[0], error.message, None) if error is not None else (call_id, 0, "", payload))
 
     def _reply(self, replies: list[tuple]) -> None:
         if not self._replies:

@@ -3,7 +3,8 @@
 Kept thin on purpose: the frontend's cost per request is a budget the batcher needs.
 Requests on one connection are handled concurrently; responses go out in order
 (HTTP pipelining). The application is one call: app(request) -> an awaitable Response
-(a coroutine, or a future it resolves itself).
+(a coroutine, or a future it resolves itself); when a connection closes before its
+responses are written, app.gone(response) is told of each (then it is cancelled).
 """
 import asyncio
 import functools
@@ -21,7 +22,7 @@ from fastserve.services.rest_messages import Request, Response
 log = logging.getLogger(__name__)
 
 
-App = Callable[[Request], Awaitable[Response]]
+App = Callable[[Request], Awaitable[Response]]  # with a method gone(response)
 
 
 def _reason(status: int) -> str:
@@ -83,6 +84,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc):
         self._closing = True
         for response in list(self._unanswered):  # no one is left to read them: stop their work
+            self._app.gone(response)
             response.cancel()
 
     def data_received(self, data: bytes):
@@ -145,7 +147,6 @@ class _Connection(asyncio.Protocol):
     def _enqueue(self, response: asyncio.Future, keep_alive: bool):
         self._in_flight.add()
         self._unanswered.add(response)
-        response.add_done_callback(self._unanswered.discard)
         previous = self._last_write
         if previous is None or previous.done():
             # Nothing ahead of it on this connection: write it from its done callback (no task).
@@ -160,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self._write_done(keep_alive, response)
 
     def _write_done(self, keep_alive: bool, response: asyncio.Future):
+        self._unanswered.discard(response)
         try:
             if response.cancelled() or self._closing or self._transport.is_closing():
                 return  # the server is stopping, or no one is left to read it

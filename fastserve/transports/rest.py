@@ -5,11 +5,11 @@ request log, and errors as {"error": "..."} with the HTTP status of their canoni
 code (errors.py). A route gives an inference call or a coroutine. Inference calls that
 arrive in one event-loop iteration go to the pipeline together (so those that agree
 are served as groups); each one's answer resolves the future the HTTP connection writes
-from, and a timer answers it 504 when its deadline passes. A connection that closes
-cancels its requests: an inference call is dropped from its batch, a coroutine cancelled.
+from, and one timer per iteration answers them 504 when their deadline passes. A
+connection that closes cancels its requests (the HTTP server tells `gone`): an inference
+call is dropped from its batch, a coroutine cancelled.
 """
 import asyncio
-import functools
 import time
 from typing import Awaitable
 
@@ -27,7 +27,7 @@ from fastserve.servables.registry import Registry
 from fastserve.services.rest_messages import Request, Response
 
 METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's; /metrics is served too
-_IN_FLIGHT = metrics.IN_FLIGHT.labels("REST")
+_IN_FLIGHT = metrics.in_flight("REST")
 # REST verbs and resources -> the gRPC method names, so both entrypoints share API labels.
 _API_LABELS = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "metadata": "GetModelMetadata",
                "status": "GetModelStatus", "infer": "ModelInfer", "ready": "ModelReady"}
@@ -50,6 +50,7 @@ class RestApp:
         self._auth = auth if auth is not None and auth.enabled else None
         self._metrics_paths = (metrics_path, "/metrics")
         self._pending: list[InferenceCall] = []  # this loop iteration's inference calls
+        self._waiting: dict[asyncio.Future, InferenceCall] = {}  # by response: calls not answered yet
 
     def __call__(self, request: Request) -> Awaitable[Response]:
         if request.method == "GET" and request.path in self._metrics_paths:
@@ -81,23 +82,35 @@ class RestApp:
         future = loop.create_future()
         call.entrypoint = "REST"
         call.started = started
-        _IN_FLIGHT.inc()  # until the pipeline answers it
         call.deadline = deadline
-        timer = loop.call_later(max(0.0, deadline - time.monotonic()), self._pipeline.expire, call) if deadline is not None else None
-        call.reply = functools.partial(self._reply, future, timer)
-        future.add_done_callback(functools.partial(self._gone, call))
+        call.reply, call.reply_to = self._reply, [future, None]  # [its response, its flush's _Deadline]
+        _IN_FLIGHT.inc()  # until the pipeline answers it
+        self._waiting[future] = call
         if not self._pending:
             loop.call_soon(self._flush)
         self._pending.append(call)
         return future
 
     def _flush(self) -> None:
+        """This loop iteration's calls to the pipeline, with one timer for their deadline."""
         pending, self._pending = self._pending, []
+        if self._timeout is not None:  # the last one's deadline is the latest: they arrived in order
+            delay = max(0.0, pending[-1].deadline - time.monotonic())
+            deadline = _Deadline(len(pending), asyncio.get_running_loop().call_later(delay, self._expire, pending))
+            for call in pending:
+                call.reply_to[1] = deadline
         self._pipeline.submit(pending)
 
-    def _reply(self, future: asyncio.Future, timer: asyncio.TimerHandle | None, error: ServingError | None, payload) -> None:
-        if timer is not None:
-            timer.cancel()  # it would keep the call alive until it fired
+    def _expire(self, calls: list[InferenceCall]) -> None:
+        for call in calls:
+            if not call.answered:
+                self._pipeline.expire(call)
+
+    def _reply(self, call: InferenceCall, error: ServingError | None, payload) -> None:
+        future, deadline = call.reply_to
+        self._waiting.pop(future, None)
+        if deadline is not None:
+            deadline.answered()
         if future.done():  # cancelled: the connection has closed
             return
         if error is None:
@@ -107,8 +120,10 @@ class RestApp:
         else:
             future.set_result(error_response(error.http_status, error.message))
 
-    def _gone(self, call: InferenceCall, future: asyncio.Future) -> None:
-        if future.cancelled():  # its connection closed before the answer
+    def gone(self, response: asyncio.Future) -> None:
+        """The connection of this response closed before it was written (the HTTP server says)."""
+        call = self._waiting.pop(response, None)
+        if call is not None:
             self._pipeline.cancel(call)
 
     # ------------------------------------------------------------ other requests
@@ -162,6 +177,22 @@ class RestApp:
         api = _API_LABELS.get(verb, "other")
         seconds = metrics.request_series("REST", api, model).done(code, started)
         request_log.record("REST", api, model, code, seconds)
+
+
+class _Deadline:
+    """The timer that answers a flush's calls at their deadline, stopped once all have their answer
+    (it would keep them alive until it fired)."""
+
+    __slots__ = ("_waiting", "_timer")
+
+    def __init__(self, calls: int, timer: asyncio.TimerHandle):
+        self._waiting = calls
+        self._timer = timer
+
+    def answered(self) -> None:
+        self._waiting -= 1
+        if not self._waiting:
+            self._timer.cancel()
 
 
 def _done(response: Response) -> asyncio.Future:
