@@ -13,7 +13,8 @@
 //            TLS applies to TCP addresses, unix: sockets stay plain
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
-//   take() -> (calls, cancelled, expired): calls = [(id, method, payload, metadata, timeout_s | None)],
+//   take() -> Handoff(calls, cancelled, expired): calls = [Call(id, method, payload, metadata, timeout)]
+//             (timeout: seconds left before the call's deadline, or None),
 //             cancelled = [id of a taken call the client cancelled or whose deadline passed],
 //             expired = [method of each call answered DEADLINE_EXCEEDED here, for the metrics]
 //   A call whose deadline has passed when its request arrives is answered DEADLINE_EXCEEDED
@@ -44,6 +45,27 @@
 namespace {
 
 struct Call;
+
+// The records take() hands to Python (named-tuple types: fields by name, and tuples still).
+PyStructSequence_Field call_fields[] = {
+    {"id", "the call's id, for respond() and in cancelled"},
+    {"method", "/package.Service/Method"},
+    {"payload", "the serialized request"},
+    {"metadata", "((key, value), ...): text values as str, -bin values as bytes"},
+    {"timeout", "seconds left before the call's deadline, or None"},
+    {nullptr, nullptr},
+};
+PyStructSequence_Desc call_desc = {"fastserve._native.grpc_transport.Call", "A call whose request has arrived.", call_fields, 5};
+PyTypeObject* CallType = nullptr;
+
+PyStructSequence_Field handoff_fields[] = {
+    {"calls", "[Call] whose requests arrived since the last take()"},
+    {"cancelled", "[id] of taken calls whose client went away or whose deadline passed"},
+    {"expired", "[method] of calls answered DEADLINE_EXCEEDED on arrival, never taken (for the metrics)"},
+    {nullptr, nullptr},
+};
+PyStructSequence_Desc handoff_desc = {"fastserve._native.grpc_transport.Handoff", "What take() hands over.", handoff_fields, 3};
+PyTypeObject* HandoffType = nullptr;
 
 // A call's contents as Python gets them, copied out of the call under the server's lock.
 struct Taken {
@@ -177,10 +199,16 @@ class Server {
       Py_DECREF(cancelled_list);
       return nullptr;
     }
-    PyObject* result = PyTuple_Pack(3, call_list, cancelled_list, expired_list);
-    Py_DECREF(call_list);
-    Py_DECREF(cancelled_list);
-    Py_DECREF(expired_list);
+    PyObject* result = PyStructSequence_New(HandoffType);
+    if (!result) {
+      Py_DECREF(call_list);
+      Py_DECREF(cancelled_list);
+      Py_DECREF(expired_list);
+      return nullptr;
+    }
+    PyStructSequence_SET_ITEM(result, 0, call_list);  // the references pass to the record
+    PyStructSequence_SET_ITEM(result, 1, cancelled_list);
+    PyStructSequence_SET_ITEM(result, 2, expired_list);
     return result;
   }
 
@@ -412,8 +440,23 @@ class Server {
     } else {
       timeout = PyFloat_FromDouble(std::chrono::duration<double>(call.deadline - now).count());
     }
-    return Py_BuildValue("(Ks#NNN)", (unsigned long long)call.id, call.method.data(), (Py_ssize_t)call.method.size(),
-                         payload, metadata, timeout);
+    PyObject* id = PyLong_FromUnsignedLongLong(call.id);
+    PyObject* method = PyUnicode_DecodeUTF8(call.method.data(), call.method.size(), "replace");
+    PyObject* record = id && method && timeout ? PyStructSequence_New(CallType) : nullptr;
+    if (!record) {
+      Py_XDECREF(id);
+      Py_XDECREF(method);
+      Py_XDECREF(timeout);
+      Py_DECREF(payload);
+      Py_DECREF(metadata);
+      return nullptr;
+    }
+    PyStructSequence_SET_ITEM(record, 0, id);
+    PyStructSequence_SET_ITEM(record, 1, method);
+    PyStructSequence_SET_ITEM(record, 2, payload);
+    PyStructSequence_SET_ITEM(record, 3, metadata);
+    PyStructSequence_SET_ITEM(record, 4, timeout);
+    return record;
   }
 
   std::vector<std::string> addresses_;
@@ -609,7 +652,7 @@ PyObject* Transport_shutdown(TransportObject* self, PyObject* arg) {
 PyMethodDef transport_methods[] = {
     {"start", (PyCFunction)Transport_start, METH_NOARGS, "Bind and start serving; returns the bound ports."},
     {"fileno", (PyCFunction)Transport_fileno, METH_NOARGS, "The eventfd that is readable when calls wait."},
-    {"take", (PyCFunction)Transport_take, METH_NOARGS, "(calls, cancelled ids) waiting for Python."},
+    {"take", (PyCFunction)Transport_take, METH_NOARGS, "Handoff(calls, cancelled, expired) waiting for Python."},
     {"respond", (PyCFunction)Transport_respond, METH_O, "Answer calls: [(id, code, message, payload)]."},
     {"shutdown", (PyCFunction)Transport_shutdown, METH_O, "Stop accepting, drain for grace seconds, stop."},
     {nullptr, nullptr, 0, nullptr},
@@ -632,8 +675,16 @@ PyMODINIT_FUNC PyInit_grpc_transport(void) {
   TransportType.tp_dealloc = (destructor)Transport_dealloc;
   TransportType.tp_methods = transport_methods;
   if (PyType_Ready(&TransportType) < 0) return nullptr;
+  CallType = PyStructSequence_NewType(&call_desc);
+  HandoffType = PyStructSequence_NewType(&handoff_desc);
+  if (!CallType || !HandoffType) return nullptr;
   PyObject* module = PyModule_Create(&module_def);
   if (!module) return nullptr;
+  if (PyModule_AddObjectRef(module, "Call", reinterpret_cast<PyObject*>(CallType)) < 0 ||
+      PyModule_AddObjectRef(module, "Handoff", reinterpret_cast<PyObject*>(HandoffType)) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
   Py_INCREF(&TransportType);
   if (PyModule_AddObject(module, "Transport", reinterpret_cast<PyObject*>(&TransportType)) < 0) {
     Py_DECREF(&TransportType);

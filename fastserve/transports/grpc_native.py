@@ -114,37 +114,38 @@ class NativeGrpcServer:
 
     def _take(self) -> None:
         """Every call (and cancellation) waiting in C++, in one go."""
-        calls, cancelled, expired = self._transport.take()
-        for path in expired:  # answered in C++; counted as the per-call path counts an expired call
+        handoff = self._transport.take()
+        for path in handoff.expired:  # answered in C++; counted as the per-call path counts an expired call
             if path in self._methods:
                 count_gone_on_arrival(path)
+        calls, cancelled = handoff.calls, handoff.cancelled
         if cancelled:
             calls = self._drop_gone_on_arrival(calls, set(cancelled))
         inference = []
-        for call_id, path, payload, metadata, timeout in calls:
-            method = self._methods.get(path)
+        for call in calls:
+            method = self._methods.get(call.method)
             if isinstance(method, InferMethod):
                 try:
-                    call = method.start(payload, metadata, timeout)
+                    inference_call = method.start(call.payload, call.metadata, call.timeout)
                 except ServingError as exc:
-                    self._reply([(call_id, exc.code.value[0], exc.message, None)])
+                    self._reply([(call.id, exc.code.value[0], exc.message, None)])
                     continue
-                call.reply, call.reply_to = self._call_reply, call_id
-                self._calls[call_id] = call
-                inference.append(call)
+                inference_call.reply, inference_call.reply_to = self._call_reply, call.id
+                self._calls[call.id] = inference_call
+                inference.append(inference_call)
                 continue
-            task = self._loop.create_task(self._serve(method, path, payload, metadata, timeout))
+            task = self._loop.create_task(self._serve(method, call))
             # A done callback, not the coroutine, answers: a task cancelled before it
             # started never runs its body, and its call must be answered all the same.
-            task.add_done_callback(functools.partial(self._answer, call_id))
-            self._tasks[call_id] = task
+            task.add_done_callback(functools.partial(self._answer, call.id))
+            self._tasks[call.id] = task
         if inference:
             metrics.in_flight("GRPC").inc(len(inference))
             self._pipeline.submit(inference)
         for call_id in cancelled:
-            call = self._calls.get(call_id)
-            if call is not None:
-                self._pipeline.cancel(call)
+            inference_call = self._calls.get(call_id)
+            if inference_call is not None:
+                self._pipeline.cancel(inference_call)
                 continue
             task = self._tasks.get(call_id)
             if task is not None:
@@ -155,21 +156,20 @@ class NativeGrpcServer:
         never runs its body): answered and counted here, never started."""
         kept = []
         for call in calls:
-            call_id, path, _, _, timeout = call
-            if call_id not in cancelled:
+            if call.id not in cancelled:
                 kept.append(call)
                 continue
-            if path in self._methods:
-                expired_ = timeout is not None and timeout <= 0
-                count_gone_on_arrival(path, StatusCode.DEADLINE_EXCEEDED if expired_ else StatusCode.CANCELLED)
-            self._reply([(call_id, _CANCELLED.code.value[0], _CANCELLED.message, None)])
+            if call.method in self._methods:
+                expired_ = call.timeout is not None and call.timeout <= 0
+                count_gone_on_arrival(call.method, StatusCode.DEADLINE_EXCEEDED if expired_ else StatusCode.CANCELLED)
+            self._reply([(call.id, _CANCELLED.code.value[0], _CANCELLED.message, None)])
         return kept
 
     @staticmethod
-    async def _serve(method: Method | None, path: str, payload: bytes, metadata: tuple, timeout: float | None) -> Outcome:
+    async def _serve(method: Method | None, call) -> Outcome:
         if method is None:
-            return Outcome(StatusCode.UNIMPLEMENTED, f"Method not found: {path}", None)
-        return await method(payload, metadata, timeout)
+            return Outcome(StatusCode.UNIMPLEMENTED, f"Method not found: {call.method}", None)
+        return await method(call.payload, call.metadata, call.timeout)
 
     def _answer(self, call_id: int, task: asyncio.Task) -> None:
         del self._tasks[call_id]

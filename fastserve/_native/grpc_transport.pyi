@@ -1,0 +1,34 @@
+"""gRPC server on libgrpc++'s completion queue, handing call batches to Python (csrc/grpc_transport.cc)."""
+from typing import NamedTuple
+
+class Call(NamedTuple):
+    """A call whose request has arrived."""
+    id: int  # for respond(), and in Handoff.cancelled
+    method: str  # /package.Service/Method
+    payload: bytes  # the serialized request
+    metadata: tuple[tuple[str, str | bytes], ...]  # -bin values as bytes
+    timeout: float | None  # seconds left before the call's deadline
+
+class Handoff(NamedTuple):
+    """What take() hands over."""
+    calls: list[Call]  # whose requests arrived since the last take()
+    cancelled: list[int]  # ids of taken calls whose client went away or whose deadline passed
+    expired: list[str]  # methods of calls answered DEADLINE_EXCEEDED on arrival (never taken), for the metrics
+
+# respond()'s records: (call id, status code (0: OK), message, payload: the serialized response when OK)
+Reply = tuple[int, int, str, bytes | None]
+
+class Transport:
+    def __init__(self, addresses: list[str], max_receive_bytes: int, max_send_bytes: int,
+                 tls: tuple[bytes, bytes, bytes | None, bool] | None = None) -> None:
+        """tls: (private key PEM, certificate chain PEM, root certificates PEM, require a client
+        certificate); it applies to TCP addresses, unix: sockets stay plain."""
+    def start(self) -> list[int]:
+        """Bind and serve; the bound port of each address (0 for unix: ones). Raises OSError."""
+    def fileno(self) -> int:
+        """An eventfd that is readable when calls (or cancellations) wait for take()."""
+    def take(self) -> Handoff: ...
+    def respond(self, replies: list[Reply]) -> None:
+        """Answer calls; the completion-queue thread sends them (Python never waits on gRPC)."""
+    def shutdown(self, grace_s: float) -> None:
+        """Stop accepting; accepted calls have grace_s seconds to be answered, then are cancelled."""

@@ -1,0 +1,14 @@
+"""A bounded lock-free queue of request tasks (csrc/task_queue.pyx, csrc/mpmc_ring.h)."""
+
+class TaskQueue:
+    def __init__(self, max_rows: int) -> None: ...
+    def push(self, task: object, rows: int) -> bool:
+        """Queue `task` (holding `rows` rows, at least 1); False when that would pass max_rows."""
+    def pop_many(self, limit: int) -> list:
+        """Up to `limit` tasks in FIFO order (empty when the queue is empty); the GIL is released while it walks."""
+    def rows_done(self, rows: int) -> None:
+        """Rows that left the queue (the consumer says so once it has taken their tasks)."""
+    @property
+    def rows(self) -> int:
+        """Rows queued and not yet done."""
+    def __len__(self) -> int: ...
