@@ -15,6 +15,7 @@ call's encoder, metrics, the request log, its transport's reply).
 """
 import asyncio
 import functools
+import logging
 import time
 
 import numpy as np
@@ -28,6 +29,7 @@ from fastserve.pipeline.member import cancelled, expired
 from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import Signature
 
+log = logging.getLogger(__name__)
 
 class Pipeline:
     def __init__(self, registry: Registry, scheduler, max_tensor_elements: int = 0):
@@ -162,7 +164,10 @@ class Pipeline:
                 seconds = request_series.observe(call.started)
                 if sampled:
                     request_log.record(first.entrypoint, first.api, model, code, seconds)
-            call.reply(call, own_error, payload)
+            try:
+                call.reply(call, own_error, payload)
+            except Exception:  # noqa: BLE001 - one transport's failure must not keep the others' answers
+                log.exception("answering a %s call failed", first.entrypoint or "MultiInference")
         for code, count in counts.items():
             if code == StatusCode.DEADLINE_EXCEEDED:
                 metrics.rejected("deadline_exceeded", count)
