@@ -55,6 +55,11 @@ def not_found(message: str) -> ServingError:
     return ServingError(StatusCode.NOT_FOUND, message)
 
 
+def internal(exc: Exception) -> ServingError:
+    """An unexpected failure (a bug), as the one request it happened to answers it."""
+    return ServingError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+
+
 def from_tensorflow(exc: Exception) -> ServingError:
     """Map a TensorFlow OpError (which carries a canonical code) to a ServingError."""
     code = BY_NUMBER.get(getattr(exc, "error_code", None), StatusCode.INTERNAL)

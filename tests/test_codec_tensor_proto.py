@@ -72,12 +72,45 @@ def test_fewer_values_repeat_the_last_like_tensorflow():
     assert tf.make_ndarray(proto).tolist() == [7.0, 7.0, 7.0]
 
 
+@pytest.mark.parametrize("dtype, field", [(types_pb2.DT_FLOAT, "float_val"), (types_pb2.DT_STRING, "string_val")])
+def test_a_shape_without_values_is_zeros_like_tensorflow(dtype, field):
+    proto = tensor_pb2.TensorProto(dtype=dtype, tensor_shape={"dim": [{"size": 2}, {"size": 1}]})
+    expected = tf.make_ndarray(proto)  # zeros; TensorFlow's Python helper gives str for the empty strings
+    decoded = tensor_proto.to_numpy(proto)
+    assert decoded.shape == (2, 1)
+    assert decoded.tolist() == ([[b""], [b""]] if dtype == types_pb2.DT_STRING else expected.tolist())
+
+
+@pytest.mark.parametrize("given", [0, 1, 3])
+def test_implied_values_may_not_expand_a_request_without_bound(given):
+    """A few bytes may not ask for gigabytes: implied elements are bounded before anything is allocated."""
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1.0] * given)
+    proto.tensor_shape.dim.add(size=2**28)
+    proto.tensor_shape.dim.add(size=1)
+    with pytest.raises(ServingError) as err:
+        tensor_proto.to_numpy(proto, "x")
+    assert err.value.code.name == "INVALID_ARGUMENT" and "implied values" in err.value.message
+    proto.tensor_shape.dim[0].size = 2**40  # far beyond what an int64 count of bytes allows
+    with pytest.raises(ServingError):
+        tensor_proto.to_numpy(proto, "x")
+    proto.tensor_shape.dim[0].size = 2**28
+    assert tensor_proto.to_numpy(proto, "x", max_elements=2**28).shape == (2**28, 1)  # the operator allows it
+
+
+def test_rank_above_32_is_refused_before_anything_is_built():
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=[b"s"], tensor_shape={"dim": [{"size": 1}] * 33})
+    with pytest.raises(ServingError) as err:
+        tensor_proto.to_numpy(proto, "s")
+    assert err.value.code.name == "INVALID_ARGUMENT" and "rank 33 is above the limit of 32" in err.value.message
+    proto.tensor_shape.dim.pop()
+    assert tensor_proto.to_numpy(proto, "s").ndim == 32
+
+
 @pytest.mark.parametrize(
     "proto, text",
     [
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_content=b"\x00" * 3, tensor_shape={"dim": [{"size": 1}]}), "tensor_content has 3 bytes"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=[1, 2, 3], tensor_shape={"dim": [{"size": 2}]}), "3 values given"),
-        (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"dim": [{"size": 2}]}), "no values given"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_RESOURCE), "unsupported tensor dtype DT_RESOURCE"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, tensor_shape={"dim": [{"size": -1}]}), "negative dimension"),
     ],

@@ -12,6 +12,7 @@ import orjson
 
 from fastserve import dtypes
 from fastserve._native.json_numbers import parse_numeric_request
+from fastserve.codec.shapes import check_rank
 from fastserve.dtypes import DataType
 from fastserve.errors import invalid_argument
 
@@ -21,14 +22,19 @@ _JSON_FLOAT = {np.dtype(np.float16), np.dtype(dtypes.BY_ENUM[DataType.DT_BFLOAT1
 
 
 def loads(body: bytes):
-    """Parse a request body. NaN/Infinity literals are accepted, as TF Serving does."""
+    """Parse a request body. NaN/Infinity literals are accepted, as TF Serving does (Python's
+    parser reads them where orjson refuses); a lone surrogate escape ("\\udcff") is refused."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+            doc = json.loads(body)
+            json.dumps(doc, ensure_ascii=False).encode()  # fails on a lone surrogate, which no UTF-8 holds
+        except RecursionError:
+            raise invalid_argument("JSON Parse error: the document nests too deep") from None
+        except (ValueError, UnicodeError):
             raise invalid_argument(f"JSON Parse error: {exc}") from None
+        return doc
 
 
 def dumps(document) -> bytes:
@@ -160,6 +166,7 @@ def to_array(value, dtype_enum: int, name: str) -> np.ndarray:
     """Convert a nested JSON list (or scalar) into an array of the signature's dtype."""
     if dtype_enum == DataType.DT_STRING:
         return _string_array(value, name)
+    _nested_shape(value, name)  # its rank is checked before numpy walks it
     try:
         raw = np.asarray(value)
     except ValueError as exc:
@@ -195,27 +202,48 @@ def _typed(raw: np.ndarray, dtype_enum: int, name: str) -> np.ndarray:
     return raw.astype(target, copy=False)
 
 
+def _nested_shape(value, name: str) -> list[int]:
+    """The shape a nested list states along its first elements (of at most MAX_RANK dimensions)."""
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        check_rank(len(shape), name)
+        if not value:
+            break
+        value = value[0]
+    return shape
+
+
 def _string_array(value, name: str) -> np.ndarray:
-    def convert(v):
-        if isinstance(v, list):
-            return [convert(x) for x in v]
-        if isinstance(v, str):
-            return v.encode()
-        if _is_b64(v):
+    """Strings (UTF-8) or {"b64": ...} values, nested into a rectangular tensor."""
+    shape = _nested_shape(value, name)
+    flat = []
+
+    def walk(v, level: int) -> None:
+        if level < len(shape):
+            if not isinstance(v, list) or len(v) != shape[level]:
+                raise invalid_argument(f"input '{name}': values do not form a tensor (every row must have the same shape)")
+            for item in v:
+                walk(item, level + 1)
+        elif isinstance(v, str):
             try:
-                return base64.b64decode(v["b64"], validate=True)
+                flat.append(v.encode())
+            except UnicodeEncodeError:
+                raise invalid_argument(f"input '{name}': a string is not valid Unicode (a lone surrogate)") from None
+        elif _is_b64(v):
+            try:
+                flat.append(base64.b64decode(v["b64"], validate=True))
             except (ValueError, TypeError):
                 raise invalid_argument(f"input '{name}': invalid base64 in {{\"b64\": ...}} value") from None
-        raise invalid_argument(f"input '{name}': expects DT_STRING values (strings or {{\"b64\": ...}}), got {type(v).__name__}")
+        elif isinstance(v, list):
+            raise invalid_argument(f"input '{name}': values do not form a tensor (every row must have the same shape)")
+        else:
+            raise invalid_argument(f"input '{name}': expects DT_STRING values (strings or {{\"b64\": ...}}), got {type(v).__name__}")
 
-    converted = convert(value)
-    try:
-        shape = np.shape(np.asarray(converted, dtype=object))
-        out = np.empty(shape, dtype=object)
-        out[...] = converted if shape else converted
-    except ValueError as exc:
-        raise invalid_argument(f"input '{name}': {_ragged_message(exc)}") from None
-    return out
+    walk(value, 0)
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return out.reshape(shape)
 
 
 def _ragged_message(exc: Exception) -> str:

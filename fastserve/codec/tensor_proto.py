@@ -7,28 +7,27 @@ Encoding writes `tensor_content` for numeric tensors and `string_val` for string
 Works on TensorFlow's TensorProto class and fastserve.tf_protos' alike (no TensorFlow
 import: fastserve.client uses it too).
 """
-import math
-
 import numpy as np
 
 from fastserve import dtypes, tf_protos
 from fastserve.dtypes import DataType
+from fastserve.codec.shapes import check_implied, checked_shape, element_count
 from fastserve.errors import invalid_argument
 
 _HALF_TYPES = (DataType.DT_HALF, DataType.DT_BFLOAT16)
 _COMPLEX_TYPES = (DataType.DT_COMPLEX64, DataType.DT_COMPLEX128)
 
 
-def to_numpy(proto, name: str = "") -> np.ndarray:
-    """Decode one TensorProto; `name` is used in error messages."""
+def to_numpy(proto, name: str = "", max_elements: int = 0) -> np.ndarray:
+    """Decode one TensorProto; `name` is used in error messages. Implied values (fewer values
+    than elements: TensorFlow repeats the last one, or fills zeros when there are none) may
+    expand the tensor only within codec.shapes' bounds (max_elements: the operator's limit)."""
     try:
         dt = dtypes.from_enum(proto.dtype)
     except ValueError as exc:
         raise invalid_argument(f"input '{name}': {exc}") from None
-    shape = tuple([d.size for d in proto.tensor_shape.dim])  # a list first: faster than a generator
-    if shape and min(shape) < 0:
-        raise invalid_argument(f"input '{name}': tensor_shape has a negative dimension {list(shape)}")
-    count = math.prod(shape)
+    shape = checked_shape([d.size for d in proto.tensor_shape.dim], name)
+    count = element_count(shape)
 
     content = proto.tensor_content
     if content and dt.enum != DataType.DT_STRING:
@@ -41,6 +40,11 @@ def to_numpy(proto, name: str = "") -> np.ndarray:
         return np.frombuffer(content, dtype=dt.numpy).reshape(shape)
 
     values = getattr(proto, dt.proto_field)
+    given = len(values) // 2 if dt.enum in _COMPLEX_TYPES else len(values)  # complex: (real, imaginary) pairs
+    if given > count:
+        raise invalid_argument(f"input '{name}': {given} values given for shape {list(shape)} ({count} elements)")
+    if given < count:
+        check_implied(count, given, shape, name, max_elements)
     if dt.enum == DataType.DT_STRING:
         flat = np.empty(len(values), dtype=object)
         flat[:] = list(values)
@@ -51,23 +55,19 @@ def to_numpy(proto, name: str = "") -> np.ndarray:
     else:
         # numpy reads a long repeated field fastest as it is, a short one fastest as a list.
         flat = np.array(values if len(values) > 8 else list(values), dtype=dt.numpy)
-    return _fill(flat, shape, count, name)
+    return _fill(flat, shape, count)
 
 
-def _fill(flat: np.ndarray, shape: tuple, count: int, name: str) -> np.ndarray:
+def _fill(flat: np.ndarray, shape: tuple, count: int) -> np.ndarray:
     if flat.size == count:
         return flat.reshape(shape)
-    if flat.size == 0:
-        if count == 0:
-            return flat.reshape(shape)
-        raise invalid_argument(f"input '{name}': no values given for shape {list(shape)}")
-    if flat.size < count:
-        # TensorFlow's rule: the last value fills the rest.
-        out = np.empty(count, dtype=flat.dtype)
+    out = np.empty(count, dtype=flat.dtype)
+    if flat.size == 0:  # TensorFlow's rule: no values, zeros (empty strings)
+        out[...] = b"" if flat.dtype == object else 0
+    else:  # TensorFlow's rule: the last value fills the rest
         out[: flat.size] = flat
         out[flat.size :] = flat[-1]
-        return out.reshape(shape)
-    raise invalid_argument(f"input '{name}': {flat.size} values given for shape {list(shape)} ({count} elements)")
+    return out.reshape(shape)
 
 
 def from_numpy(array: np.ndarray, proto=None):

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastserve import dtypes
 from fastserve.codec import json_tensor
+from fastserve.codec.shapes import checked_shape, element_count
 from fastserve.errors import invalid_argument
 
 BYTES = "BYTES"
@@ -48,20 +49,14 @@ def datatype_of(array: np.ndarray, name: str) -> str:
     return v2
 
 
-def element_count(shape, name: str) -> int:
-    shape = [int(d) for d in shape]
-    if any(d < 0 for d in shape):
-        raise invalid_argument(f"input '{name}': shape {shape} has a negative dimension")
-    return int(np.prod(shape, dtype=np.int64))
-
-
 def _shaped(flat: np.ndarray, shape, name: str, what: str) -> np.ndarray:
-    count = element_count(shape, name)
+    shape = checked_shape(shape, name)
+    count = element_count(shape)
     if flat.size != count:
         raise invalid_argument(
             f"input '{name}': shape {list(shape)} needs {count} elements but {what} holds {flat.size}"
         )
-    return flat.reshape([int(d) for d in shape])
+    return flat.reshape(shape)
 
 
 # ---------------------------------------------------------------- JSON
@@ -87,15 +82,13 @@ def to_json(array: np.ndarray) -> list:
 
 def from_raw(raw: bytes, datatype: str, shape, name: str) -> np.ndarray:
     dt = dtype_of(datatype, name)
-    count = element_count(shape, name)
+    shape = checked_shape(shape, name)
     if datatype == BYTES:
         return _shaped(_split_bytes(raw, name), shape, name, "the raw BYTES data")
-    itemsize = dt.numpy.itemsize
-    if len(raw) != count * itemsize:
-        raise invalid_argument(
-            f"input '{name}': shape {list(shape)} of {datatype} needs {count * itemsize} bytes but got {len(raw)}"
-        )
-    return np.frombuffer(raw, dtype=dt.numpy).reshape([int(d) for d in shape])  # hosts are little-endian
+    needed = element_count(shape) * dt.numpy.itemsize
+    if len(raw) != needed:
+        raise invalid_argument(f"input '{name}': shape {list(shape)} of {datatype} needs {needed} bytes but got {len(raw)}")
+    return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)  # hosts are little-endian
 
 
 def _split_bytes(raw: bytes, name: str) -> np.ndarray:

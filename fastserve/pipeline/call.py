@@ -61,8 +61,9 @@ class InferenceCall(Member):
         """The error for a signature the version does not have, in the API's words."""
         return ServingError(StatusCode.FAILED_PRECONDITION, f'Serving signature key "{self.signature_key}" not found.')
 
-    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
-        """The request's inputs for this signature (decoded for its dtypes where the wire form needs them)."""
+    def inputs_for(self, signature: Signature, max_elements: int) -> dict[str, np.ndarray]:
+        """The request's inputs for this signature (decoded for its dtypes where the wire form needs
+        them); max_elements is the operator's limit (0: none), which bounds implied values too."""
         raise NotImplementedError
 
     def check(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:

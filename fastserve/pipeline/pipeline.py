@@ -22,7 +22,7 @@ import numpy as np
 from grpc import StatusCode
 
 from fastserve import limits, metrics
-from fastserve.errors import ServingError
+from fastserve.errors import ServingError, internal
 from fastserve.logs import request_log
 from fastserve.pipeline.call import InferenceCall
 from fastserve.pipeline.member import cancelled, expired
@@ -58,9 +58,9 @@ class Pipeline:
                 if isinstance(handle, ServingError):
                     raise handle
                 signature = call.signature(handle)
-                call.inputs = call.inputs_for(signature)
-            except ServingError as exc:
-                self._finish([call], exc)
+                call.inputs = call.inputs_for(signature, self._max_elements)
+            except Exception as exc:  # noqa: BLE001 - whatever a request does, it fails alone
+                self._finish([call], _as_serving_error(exc))
                 continue
             shapes = tuple([(name, array.dtype, array.shape) for name, array in call.inputs.items()])
             key = (handle.servable, signature.key, call.__class__, call.output_filter, shapes)
@@ -111,8 +111,8 @@ class Pipeline:
             signature.validate(first.inputs)
             limits.check_elements(first.inputs, self._max_elements, len(calls))
             output_keys = first.output_keys(signature)
-        except ServingError as exc:
-            self._finish(calls, exc, handle, signature)
+        except Exception as exc:  # noqa: BLE001
+            self._finish(calls, _as_serving_error(exc), handle, signature)
             return
         now = time.monotonic()
         live = [call for call in calls if call.deadline is None or now < call.deadline]
@@ -131,7 +131,7 @@ class Pipeline:
             return
         try:
             responses = type(calls[0]).encode_group(calls, handle, signature, outputs)
-        except ServingError:
+        except Exception:  # noqa: BLE001 - then each call on its own: one bad answer fails only its call
             responses = [_encoded(call, handle, signature, _rows(outputs, calls, i)) for i, call in enumerate(calls)]
         self._finish(calls, None, handle, signature, responses, time.perf_counter() - queued)
 
@@ -184,8 +184,17 @@ class Pipeline:
 def _encoded(call: InferenceCall, handle, signature, outputs):
     try:
         return call.encode(handle, signature, outputs)
-    except ServingError as exc:
+    except Exception as exc:  # noqa: BLE001
+        return _as_serving_error(exc)
+
+
+def _as_serving_error(exc: Exception) -> ServingError:
+    """A request's own error as it is, anything unexpected as INTERNAL (and logged): either way
+    it answers that request alone."""
+    if isinstance(exc, ServingError):
         return exc
+    log.error("unexpected error serving a request", exc_info=exc)
+    return internal(exc)
 
 
 def _rows(outputs: dict[str, np.ndarray], calls: list[InferenceCall], index: int) -> dict[str, np.ndarray]:

@@ -170,7 +170,8 @@ class _SessionRunner:
             values = fn(*[inputs[k] for k in input_keys])
         except tf.errors.OpError as exc:
             raise from_tensorflow(exc) from None
-        return dict(zip(output_keys, values))
+        # A scalar string comes back as bytes, not as an array.
+        return {k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in zip(output_keys, values)}
 
     def _make(self, input_keys, output_keys):
         options = config_pb2.CallableOptions(

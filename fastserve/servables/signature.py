@@ -7,6 +7,7 @@ import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
 from fastserve import dtypes
+from fastserve.codec.shapes import check_rank
 from fastserve.errors import invalid_argument
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -57,7 +58,8 @@ class Signature:
         return placed
 
     def validate(self, inputs: dict[str, np.ndarray]) -> None:
-        """Names and dtypes must match the signature; shapes are left to TensorFlow."""
+        """Names and dtypes must match the signature, ranks stay within codec.shapes.MAX_RANK;
+        shapes are left to TensorFlow."""
         if inputs.keys() != self.inputs.keys():
             sent, expected = set(inputs), set(self.inputs)
             if len(sent) != len(expected):
@@ -72,6 +74,7 @@ class Signature:
                 f"Inputs expected to be in the set {_set(expected)}."
             )
         for key, array in inputs.items():
+            check_rank(array.ndim, key)  # the decoders refused it already; nothing above it reaches TensorFlow
             want = self.inputs[key].dtype
             got = dtypes.from_numpy(array.dtype).enum
             if got != want:

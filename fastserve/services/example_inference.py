@@ -123,7 +123,7 @@ class ExampleCall(InferenceCall):
     def missing_signature(self, handle: ServableHandle) -> ServingError:
         return invalid_argument(f"No signature was found with the name: {self.signature_key}")
 
-    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
+    def inputs_for(self, signature: Signature, max_elements: int) -> dict[str, np.ndarray]:
         self.kind.outputs(signature)  # a signature of the wrong kind is refused before the input is read
         examples = serialized_examples(self._input)
         self._count = len(examples)

@@ -42,8 +42,8 @@ class PredictCall(InferenceCall):
         super().__init__(spec.name, *version_choice(spec), spec.signature_name or DEFAULT_SIGNATURE, request.output_filter)
         self._tensors = request.inputs
 
-    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
-        return {name: tensor_proto.to_numpy(proto, name) for name, proto in self._tensors.items()}
+    def inputs_for(self, signature: Signature, max_elements: int) -> dict[str, np.ndarray]:
+        return {name: tensor_proto.to_numpy(proto, name, max_elements) for name, proto in self._tensors.items()}
 
     def encode(self, handle: ServableHandle, signature: Signature, outputs: dict[str, np.ndarray]) -> bytes:
         response = predict_pb2.PredictResponse()

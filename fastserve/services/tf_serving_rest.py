@@ -54,7 +54,7 @@ class RestPredictCall(InferenceCall):
     def missing_signature(self, handle: ServableHandle) -> ServingError:
         return invalid_argument(f'Serving signature name: "{self.signature_key}" not found in signature def')
 
-    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
+    def inputs_for(self, signature: Signature, max_elements: int) -> dict[str, np.ndarray]:
         inputs, self._row_format = self._body.decode(signature.input_dtypes)
         return inputs
 

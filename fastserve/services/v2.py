@@ -43,7 +43,7 @@ class V2Call(InferenceCall):
     def missing_signature(self, handle: ServableHandle) -> ServingError:
         return _missing_signature(handle, self.signature_key)
 
-    def inputs_for(self, signature: Signature) -> dict[str, np.ndarray]:
+    def inputs_for(self, signature: Signature, max_elements: int) -> dict[str, np.ndarray]:
         return self._decoded
 
     def check(self, signature: Signature, inputs: dict[str, np.ndarray]) -> None:
@@ -163,8 +163,8 @@ class V2Service:
 def _version_number(version: str) -> int | None:
     if not version:
         return None
-    if not version.isdigit():
-        raise invalid_argument(f"model version '{version}' is not a version number")
+    if not (version.isascii() and version.isdigit() and len(version) <= 18):  # int64, as TF Serving's versions
+        raise invalid_argument(f"model version '{version[:40]}' is not a version number")
     return int(version)
 
 

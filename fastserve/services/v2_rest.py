@@ -100,16 +100,23 @@ class V2Rest:
         await (self._service.load(name) if action == "load" else self._service.unload(name))
         return _json({})
 
+
 def _split_body(request: Request) -> tuple[bytes, bytes]:
     body = request.body
     length = request.headers.get(HEADER_LENGTH)
     if length is None:
         return body, b""
-    if not length.strip().isdigit() or int(length) > len(body):
+    size = _small_int(length.strip())
+    if size is None or size > len(body):
         raise invalid_argument(
-            f"Inference-Header-Content-Length: '{length}' is not a length within the {len(body)}-byte request body"
+            f"Inference-Header-Content-Length: '{length[:40]}' is not a length within the {len(body)}-byte request body"
         )
-    return body[:int(length)], body[int(length):]
+    return body[:size], body[size:]
+
+
+def _small_int(text: str) -> int | None:
+    """A non-negative decimal of at most 18 ASCII digits, else None."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
@@ -148,7 +155,10 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
     if offset != len(binary):
         raise invalid_argument(f"the request body has {len(binary) - offset} bytes of binary data no input claims")
     outputs, binary_outputs = [], set()
-    for tensor in doc.get("outputs") or []:
+    requested = doc.get("outputs") or []
+    if not isinstance(requested, list):
+        raise invalid_argument("'outputs' must be a list of the outputs wanted")
+    for tensor in requested:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise invalid_argument("each requested output must be an object with a 'name'")
         outputs.append(tensor["name"])

@@ -18,7 +18,7 @@ from grpc import StatusCode
 
 from fastserve import limits, metrics
 from fastserve.auth import TokenAuth
-from fastserve.errors import ServingError, invalid_argument
+from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
 from fastserve.pipeline.call import Inference, InferenceCall
 
@@ -114,7 +114,7 @@ class Method(_Entry):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             log.exception("unexpected error in a gRPC call")
-            error = ServingError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
+            error = internal(exc)
         else:
             _finish(self.api, model, StatusCode.OK, started)
             return Outcome(StatusCode.OK, "", body)
@@ -140,10 +140,13 @@ class InferMethod(_Entry):
         try:
             request = self.parse(payload, metadata, timeout)
             call = self.make_call(request)
-        except ServingError as exc:
+        except Exception as exc:  # noqa: BLE001 - a request that breaks decoding fails alone
+            error = exc if isinstance(exc, ServingError) else internal(exc)
+            if error is not exc:
+                log.exception("unexpected error decoding a gRPC request")
             _finish(self.api, _model_label(request, self.is_served) if request is not None else metrics.UNKNOWN_MODEL,
-                    exc.code, started)
-            raise
+                    error.code, started)
+            raise error from None
         call.entrypoint = "GRPC"
         call.started = started
         if timeout is not None:

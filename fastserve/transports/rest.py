@@ -10,6 +10,7 @@ connection that closes cancels its requests (the HTTP server tells `gone`): an i
 call is dropped from its batch, a coroutine cancelled.
 """
 import asyncio
+import logging
 import time
 from typing import Awaitable
 
@@ -18,13 +19,15 @@ from grpc import StatusCode
 
 from fastserve import limits, metrics
 from fastserve.auth import TokenAuth
-from fastserve.errors import HTTP_STATUS, ServingError
+from fastserve.errors import HTTP_STATUS, ServingError, internal
 from fastserve.logs import request_log
 from fastserve.pipeline.call import InferenceCall
 from fastserve.pipeline.member import deadline_after
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.registry import Registry
 from fastserve.services.rest_messages import Request, Response
+
+log = logging.getLogger(__name__)
 
 METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's; /metrics is served too
 _IN_FLIGHT = metrics.in_flight("REST")
@@ -62,9 +65,12 @@ class RestApp:
             if surface != "open":
                 self._auth.check(request.headers.get("authorization"), surface == "admin")
             routed = self._route(request)
-        except ServingError as exc:
-            self._record(request, exc.code, started)
-            return _done(error_response(exc.http_status, exc.message))
+        except Exception as exc:  # noqa: BLE001 - a request that breaks decoding fails alone
+            error = exc if isinstance(exc, ServingError) else internal(exc)
+            if error is not exc:
+                log.exception("unexpected error decoding a REST request")
+            self._record(request, error.code, started)
+            return _done(error_response(error.http_status, error.message))
         if isinstance(routed, InferenceCall):
             return self._submit(routed, started, deadline)
         return self._serve(request, routed, started)
