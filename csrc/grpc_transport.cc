@@ -7,16 +7,26 @@
 // (take). Python's answers (respond) are queued and an alarm wakes the completion-queue thread,
 // which sends them: Python never waits on gRPC's sends.
 //
+// The listening sockets are this module's own, accepted on a thread of their own and handed to
+// gRPC through its external-connection acceptor: libgrpc 1.51's listener stops accepting for
+// good once accept4 fails with EMFILE (later gRPC versions retry), so this loop waits for
+// descriptors and retries instead, caps the open connections, and says so in Python's log.
+//
 // Python API (module fastserve._native.grpc_transport):
-//   Transport(addresses, max_receive_bytes, max_send_bytes, tls=None)
+//   Transport(addresses, max_receive_bytes, max_send_bytes, tls=None, max_connections=0,
+//             max_concurrent_streams=0)
 //       tls: (private_key_pem, cert_chain_pem, root_certs_pem, require_client_cert) or None;
 //            TLS applies to TCP addresses, unix: sockets stay plain
+//       max_connections: connections open at once (more are closed as they arrive); 0 = no cap
+//       max_concurrent_streams: calls in flight on one connection (HTTP/2's setting); 0 = gRPC's
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
-//   take() -> Handoff(calls, cancelled, expired): calls = [Call(id, method, payload, metadata, timeout)]
-//             (timeout: seconds left before the call's deadline, or None),
+//   take() -> Handoff(calls, cancelled, expired, refused, notices): calls = [Call(id, method,
+//             payload, metadata, timeout)] (timeout: seconds left before the call's deadline, or None),
 //             cancelled = [id of a taken call the client cancelled or whose deadline passed],
-//             expired = [method of each call answered DEADLINE_EXCEEDED here, for the metrics]
+//             expired = [method of each call answered DEADLINE_EXCEEDED here, for the metrics],
+//             refused = connections closed at max_connections since the last take (for the metrics),
+//             notices = [message for the log: accepting failed or resumed, the cap reached or left]
 //   A call whose deadline has passed when its request arrives is answered DEADLINE_EXCEEDED
 //   here and never reaches Python; one that expires later is cancelled by gRPC and reported.
 //   respond([(id, status_code, message, payload | None)])  status 0 = OK with payload
@@ -29,11 +39,23 @@
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -62,9 +84,11 @@ PyStructSequence_Field handoff_fields[] = {
     {"calls", "[Call] whose requests arrived since the last take()"},
     {"cancelled", "[id] of taken calls whose client went away or whose deadline passed"},
     {"expired", "[method] of calls answered DEADLINE_EXCEEDED on arrival, never taken (for the metrics)"},
+    {"refused", "connections closed at max_connections since the last take() (for the metrics)"},
+    {"notices", "[message] for the log: accepting failed or resumed, the connection cap reached or left"},
     {nullptr, nullptr},
 };
-PyStructSequence_Desc handoff_desc = {"fastserve._native.grpc_transport.Handoff", "What take() hands over.", handoff_fields, 3};
+PyStructSequence_Desc handoff_desc = {"fastserve._native.grpc_transport.Handoff", "What take() hands over.", handoff_fields, 5};
 PyTypeObject* HandoffType = nullptr;
 
 // A call's contents as Python gets them, copied out of the call under the server's lock.
@@ -100,12 +124,266 @@ struct Call {
   bool with_python = false;   // taken by (or waiting for) Python, not answered yet
 };
 
+// The listening sockets and the thread that accepts on them (see the top of the file).
+class Listeners {
+ public:
+  using Acceptor = grpc::experimental::ExternalConnectionAcceptor;
+  // What the accept thread reports: connections refused at the cap, and a line for the log.
+  using Report = std::function<void(uint64_t refused, std::string notice)>;
+
+  Listeners(size_t max_connections, Report report) : max_connections_(max_connections), report_(std::move(report)) {}
+  ~Listeners() { Stop(); }
+
+  // Binds one address: "host:port" ("[v6]:port"; 0.0.0.0 and :: are, as in gRPC, one dual-stack
+  // wildcard socket where IPv6 exists, a host name is every address it resolves to) or
+  // "unix:PATH". Sets *port to the bound port (0 for unix:); returns "" or why it failed.
+  std::string Bind(const std::string& address, int* port) {
+    *port = 0;
+    if (address.rfind("unix:", 0) == 0) {
+      return BindUnix(address.substr(address.rfind("unix://", 0) == 0 ? 7 : 5));
+    }
+    size_t colon = address.rfind(':');
+    if (colon == std::string::npos) return "no port in " + address;
+    std::string host = address.substr(0, colon);
+    std::string service = address.substr(colon + 1);
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+    if (host.empty() || host == "0.0.0.0" || host == "::") {
+      sockaddr_in6 any6{};
+      any6.sin6_family = AF_INET6;
+      any6.sin6_addr = in6addr_any;
+      any6.sin6_port = htons(static_cast<uint16_t>(atoi(service.c_str())));
+      std::string error = BindOne(reinterpret_cast<sockaddr*>(&any6), sizeof any6, false, port);
+      if (error.empty() || error.rfind("socket:", 0) != 0) return error;
+      sockaddr_in any4{};  // no IPv6 here
+      any4.sin_family = AF_INET;
+      any4.sin_addr.s_addr = htonl(INADDR_ANY);
+      any4.sin_port = any6.sin6_port;
+      return BindOne(reinterpret_cast<sockaddr*>(&any4), sizeof any4, false, port);
+    }
+    addrinfo hints{};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+    if (rc != 0) return gai_strerror(rc);
+    std::string error;
+    bool bound = false;
+    for (addrinfo* ai = found; ai; ai = ai->ai_next) {
+      if (bound && *port) {  // port 0: every address gets the port the first one got
+        if (ai->ai_family == AF_INET) reinterpret_cast<sockaddr_in*>(ai->ai_addr)->sin_port = htons(*port);
+        if (ai->ai_family == AF_INET6) reinterpret_cast<sockaddr_in6*>(ai->ai_addr)->sin6_port = htons(*port);
+      }
+      std::string failed = BindOne(ai->ai_addr, ai->ai_addrlen, false, port);
+      if (failed.empty()) {
+        bound = true;
+      } else {
+        error = failed;
+      }
+    }
+    freeaddrinfo(found);
+    return bound ? "" : error;
+  }
+
+  // Starts the accept thread; tcp and local take the connections of TCP and unix: sockets.
+  void Start(std::unique_ptr<Acceptor> tcp, std::unique_ptr<Acceptor> local) {
+    tcp_ = std::move(tcp);
+    local_ = std::move(local);
+    wake_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    thread_ = std::thread([this] { Run(); });
+  }
+
+  // Stops accepting and closes the listening sockets (new connections are refused by the kernel).
+  void Stop() {
+    if (thread_.joinable()) {
+      stopping_ = true;
+      uint64_t one = 1;
+      (void)!write(wake_fd_, &one, sizeof one);
+      thread_.join();
+    }
+    for (const Socket& socket : sockets_) close(socket.fd);
+    sockets_.clear();
+    if (wake_fd_ >= 0) close(wake_fd_);
+    wake_fd_ = -1;
+  }
+
+ private:
+  struct Socket {
+    int fd;
+    bool local;  // unix: (plain, no TCP_NODELAY)
+  };
+  struct Open {  // a connection handed to gRPC: gone once its descriptor is closed or reused
+    int fd;
+    dev_t dev;
+    ino_t ino;
+  };
+  static constexpr int kRetryMs = 100;  // out of descriptors: how often accepting is tried again
+
+  std::string BindOne(sockaddr* addr, socklen_t len, bool local, int* port) {
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return std::string("socket: ") + strerror(errno);
+    int one = 1, zero = 0;
+    if (!local) setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);  // no SO_REUSEPORT: a busy port is an error
+    if (addr->sa_family == AF_INET6) {  // the wildcard serves IPv4 too; a specific IPv6 address only itself
+      bool any = IN6_IS_ADDR_UNSPECIFIED(&reinterpret_cast<sockaddr_in6*>(addr)->sin6_addr);
+      setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, any ? &zero : &one, sizeof one);
+    }
+    if (bind(fd, addr, len) != 0 || listen(fd, SOMAXCONN) != 0) {
+      std::string error = strerror(errno);
+      close(fd);
+      return error;
+    }
+    if (!local && *port == 0) {
+      sockaddr_storage bound{};
+      socklen_t size = sizeof bound;
+      getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &size);
+      *port = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                                : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+    }
+    sockets_.push_back({fd, local});
+    return "";
+  }
+
+  std::string BindUnix(const std::string& path) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.empty() || path.size() >= sizeof addr.sun_path) return "invalid unix socket path";
+    memcpy(addr.sun_path, path.data(), path.size());
+    struct stat st;
+    if (stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) unlink(path.c_str());  // a previous run's socket
+    int unused = 0;
+    return BindOne(reinterpret_cast<sockaddr*>(&addr), sizeof addr, true, &unused);
+  }
+
+  void Run() {
+    std::vector<pollfd> polled;
+    for (const Socket& socket : sockets_) polled.push_back({socket.fd, POLLIN, 0});
+    polled.push_back({wake_fd_, POLLIN, 0});
+    while (!stopping_) {
+      // Out of descriptors the listening sockets stay readable: wait on the wake-up alone, then retry.
+      if (starved_) {
+        poll(&polled.back(), 1, kRetryMs);
+      } else {
+        poll(polled.data(), polled.size(), -1);
+      }
+      for (size_t i = 0; i < sockets_.size() && !stopping_; ++i) AcceptAll(sockets_[i]);
+    }
+  }
+
+  void AcceptAll(const Socket& socket) {
+    for (;;) {
+      int fd = accept4(socket.fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        switch (errno) {
+          case EMFILE:
+          case ENFILE:
+          case ENOBUFS:
+          case ENOMEM:
+            Starved(errno);
+            return;
+          case EAGAIN:
+            return;
+          case EINTR:
+          case ECONNABORTED:
+          case EPROTO:
+          case ENETDOWN:
+          case ENOPROTOOPT:
+          case EHOSTDOWN:
+          case ENONET:
+          case EHOSTUNREACH:
+          case EOPNOTSUPP:
+          case ENETUNREACH:
+            continue;  // that connection failed (accept(2): retry), not the socket
+          default:
+            return;  // the socket is being closed
+        }
+      }
+      if (starved_) {
+        starved_ = false;
+        char line[96];
+        snprintf(line, sizeof line, "gRPC accepts connections again, after %.1f s without file descriptors",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - starved_since_).count());
+        report_(0, line);
+      }
+      if (!Admit(fd)) {
+        close(fd);
+        ++refused_;
+        report_(1, refused_ == 1 ? "gRPC connection limit reached (" + std::to_string(max_connections_) +
+                                       " open): new connections are closed until some end"
+                                 : "");
+        continue;
+      }
+      if (refused_) {
+        report_(0, "gRPC connections are below the limit again; " + std::to_string(refused_) + " were refused");
+        refused_ = 0;
+      }
+      if (!socket.local) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);  // as gRPC's own listener sets it
+      }
+      Acceptor::NewConnectionParameters connection;
+      connection.listener_fd = socket.fd;
+      connection.fd = fd;
+      (socket.local ? local_ : tcp_)->HandleNewConnection(&connection);
+    }
+  }
+
+  void Starved(int error) {
+    if (starved_) return;
+    starved_ = true;
+    starved_since_ = std::chrono::steady_clock::now();
+    rlimit limit{};
+    getrlimit(RLIMIT_NOFILE, &limit);
+    report_(0, std::string("gRPC cannot accept connections: ") + strerror(error) + " (the process may hold " +
+                   std::to_string(limit.rlim_cur) + " file descriptors); retrying every " + std::to_string(kRetryMs) +
+                   " ms");
+  }
+
+  // Whether a new connection fits under max_connections. gRPC does not say when a connection
+  // ends, but it closes its descriptor then: an entry whose descriptor is closed, or now names
+  // another file, is gone. They are looked at only at the cap, at most every 10 ms.
+  bool Admit(int fd) {
+    if (max_connections_ == 0) return true;
+    auto now = std::chrono::steady_clock::now();
+    if (open_.size() >= max_connections_ && now - last_sweep_ >= std::chrono::milliseconds(10)) {
+      last_sweep_ = now;
+      size_t kept = 0;
+      for (const Open& entry : open_) {
+        struct stat st;
+        if (fstat(entry.fd, &st) == 0 && st.st_dev == entry.dev && st.st_ino == entry.ino) {
+          open_[kept++] = entry;
+        }
+      }
+      open_.resize(kept);
+    }
+    if (open_.size() >= max_connections_) return false;
+    struct stat st;
+    if (fstat(fd, &st) != 0) return false;
+    open_.push_back({fd, st.st_dev, st.st_ino});
+    return true;
+  }
+
+  size_t max_connections_;
+  Report report_;
+  std::vector<Socket> sockets_;
+  std::unique_ptr<Acceptor> tcp_, local_;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::atomic<bool> stopping_{false};
+  // The accept thread's own.
+  bool starved_ = false;
+  std::chrono::steady_clock::time_point starved_since_;
+  uint64_t refused_ = 0;  // since the cap was last reached
+  std::vector<Open> open_;
+  std::chrono::steady_clock::time_point last_sweep_;
+};
+
 class Server {
  public:
   Server(std::vector<std::string> addresses, int max_receive, int max_send,
-         std::shared_ptr<grpc::ServerCredentials> creds)
+         std::shared_ptr<grpc::ServerCredentials> creds, size_t max_connections, int max_concurrent_streams)
       : addresses_(std::move(addresses)), max_receive_(max_receive), max_send_(max_send),
-        creds_(std::move(creds)) {
+        max_concurrent_streams_(max_concurrent_streams), creds_(std::move(creds)),
+        listeners_(max_connections, [this](uint64_t refused, std::string notice) { Report(refused, std::move(notice)); }) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
 
@@ -118,30 +396,32 @@ class Server {
 
   // Binds every address; returns the bound ports, or an error message.
   std::string Start(std::vector<int>* ports) {
-    grpc::ServerBuilder builder;
     ports->assign(addresses_.size(), 0);
     for (size_t i = 0; i < addresses_.size(); ++i) {
-      bool local = addresses_[i].rfind("unix:", 0) == 0;  // a local socket needs no TLS
-      builder.AddListeningPort(addresses_[i], local ? grpc::InsecureServerCredentials() : creds_, &(*ports)[i]);
+      std::string error = listeners_.Bind(addresses_[i], &(*ports)[i]);
+      if (!error.empty()) {
+        listeners_.Stop();
+        return "cannot listen for gRPC on " + addresses_[i] + ": " + error;
+      }
     }
+    grpc::ServerBuilder builder;
+    using Type = grpc::ServerBuilder::experimental_type::ExternalConnectionType;
+    auto tcp = builder.experimental().AddExternalConnectionAcceptor(Type::FROM_FD, creds_);
+    // a local socket needs no TLS
+    auto local = builder.experimental().AddExternalConnectionAcceptor(Type::FROM_FD, grpc::InsecureServerCredentials());
     builder.SetMaxReceiveMessageSize(max_receive_);
     builder.SetMaxSendMessageSize(max_send_);
-    builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a busy port is an error
+    if (max_concurrent_streams_ > 0) builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS, max_concurrent_streams_);
     builder.RegisterAsyncGenericService(&service_);
     cq_ = builder.AddCompletionQueue();
     server_ = builder.BuildAndStart();
-    if (!server_) return "cannot start the gRPC server on " + Join(addresses_);
-    for (size_t i = 0; i < addresses_.size(); ++i) {
-      if ((*ports)[i] == 0 && addresses_[i].rfind("unix:", 0) != 0) {
-        server_->Shutdown();
-        cq_->Shutdown();
-        Drain();
-        server_.reset();
-        return "cannot listen for gRPC on " + addresses_[i];
-      }
+    if (!server_) {
+      listeners_.Stop();
+      return "cannot start the gRPC server on " + Join(addresses_);
     }
     RequestNext();
     thread_ = std::thread([this] { Run(); });
+    listeners_.Start(std::move(tcp), std::move(local));
     return "";
   }
 
@@ -153,6 +433,8 @@ class Server {
     std::vector<Taken> calls;
     std::vector<uint64_t> cancelled;
     std::vector<std::string> expired;
+    std::vector<std::string> notices;
+    uint64_t refused;
     Py_BEGIN_ALLOW_THREADS
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -164,6 +446,9 @@ class Server {
       pending_.clear();
       cancelled.swap(cancelled_);
       expired.swap(expired_);
+      notices.swap(notices_);
+      refused = refused_;
+      refused_ = 0;
     }
     Py_END_ALLOW_THREADS
     PyObject* call_list = PyList_New(calls.size());
@@ -194,21 +479,30 @@ class Server {
       }
       PyList_SET_ITEM(expired_list, i, method);
     }
-    if (!expired_list) {
-      Py_DECREF(call_list);
-      Py_DECREF(cancelled_list);
-      return nullptr;
+    PyObject* notice_list = PyList_New(notices.size());
+    for (size_t i = 0; notice_list && i < notices.size(); ++i) {
+      PyObject* notice = PyUnicode_DecodeUTF8(notices[i].data(), notices[i].size(), "replace");
+      if (!notice) {
+        Py_CLEAR(notice_list);
+        break;
+      }
+      PyList_SET_ITEM(notice_list, i, notice);
     }
-    PyObject* result = PyStructSequence_New(HandoffType);
+    PyObject* refused_count = PyLong_FromUnsignedLongLong(refused);
+    PyObject* result = expired_list && notice_list && refused_count ? PyStructSequence_New(HandoffType) : nullptr;
     if (!result) {
       Py_DECREF(call_list);
       Py_DECREF(cancelled_list);
-      Py_DECREF(expired_list);
+      Py_XDECREF(expired_list);
+      Py_XDECREF(notice_list);
+      Py_XDECREF(refused_count);
       return nullptr;
     }
     PyStructSequence_SET_ITEM(result, 0, call_list);  // the references pass to the record
     PyStructSequence_SET_ITEM(result, 1, cancelled_list);
     PyStructSequence_SET_ITEM(result, 2, expired_list);
+    PyStructSequence_SET_ITEM(result, 3, refused_count);
+    PyStructSequence_SET_ITEM(result, 4, notice_list);
     return result;
   }
 
@@ -236,6 +530,7 @@ class Server {
     std::unique_lock<std::mutex> stop_lock(stop_mu_);
     if (!server_ || stopped_) return;
     stopped_ = true;
+    listeners_.Stop();
     auto deadline = std::chrono::system_clock::now() +
                     std::chrono::microseconds(static_cast<int64_t>(grace * 1e6));
     server_->Shutdown(deadline);  // waits for accepted calls, cancels what is left at the deadline
@@ -360,6 +655,14 @@ class Server {
     }
   }
 
+  // The accept thread: connections refused at the cap, and a line for Python's log.
+  void Report(uint64_t refused, std::string notice) {
+    std::lock_guard<std::mutex> lock(mu_);
+    refused_ += refused;
+    if (!notice.empty()) notices_.push_back(std::move(notice));
+    Signal();
+  }
+
   void Enqueue(Call* call) {
     call->id = ++last_id_;
     call->with_python = true;
@@ -462,6 +765,7 @@ class Server {
   std::vector<std::string> addresses_;
   int max_receive_;
   int max_send_;
+  int max_concurrent_streams_;
   std::shared_ptr<grpc::ServerCredentials> creds_;
   int event_fd_ = -1;
 
@@ -482,11 +786,15 @@ class Server {
   std::vector<Call*> pending_;                 // ... of which these are not taken yet
   std::vector<uint64_t> cancelled_;
   std::vector<std::string> expired_;  // methods of calls answered DEADLINE_EXCEEDED on arrival
+  std::vector<std::string> notices_;  // from the accept thread, for Python's log
+  uint64_t refused_ = 0;              // connections the accept thread closed at the cap
   std::vector<Reply> outgoing_;  // answered by Python, not sent yet
   bool send_armed_ = false;
   uint64_t last_id_ = 0;
   bool signalled_ = false;
   bool cq_shut_down_ = false;
+
+  Listeners listeners_;  // last: its thread reports into the members above, so it stops first
 };
 
 // ---------------------------------------------------------------- Python type
@@ -514,12 +822,15 @@ std::string BytesArg(PyObject* obj, const char* what, bool* ok) {
 }
 
 int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* keywords[] = {"addresses", "max_receive_bytes", "max_send_bytes", "tls", nullptr};
+  static const char* keywords[] = {"addresses", "max_receive_bytes", "max_send_bytes", "tls",
+                                   "max_connections", "max_concurrent_streams", nullptr};
   PyObject* addresses;
   int max_receive, max_send;
   PyObject* tls = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|O", const_cast<char**>(keywords), &addresses,
-                                   &max_receive, &max_send, &tls)) {
+  Py_ssize_t max_connections = 0;
+  int max_concurrent_streams = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|Oni", const_cast<char**>(keywords), &addresses,
+                                   &max_receive, &max_send, &tls, &max_connections, &max_concurrent_streams)) {
     return -1;
   }
   PyObject* seq = PySequence_Fast(addresses, "addresses must be a sequence of str");
@@ -554,7 +865,8 @@ int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
     creds = grpc::SslServerCredentials(options);
   }
   delete self->server;
-  self->server = new Server(std::move(addrs), max_receive, max_send, std::move(creds));
+  self->server = new Server(std::move(addrs), max_receive, max_send, std::move(creds),
+                            max_connections > 0 ? static_cast<size_t>(max_connections) : 0, max_concurrent_streams);
   if (self->server->event_fd() < 0) {
     PyErr_SetFromErrno(PyExc_OSError);
     return -1;

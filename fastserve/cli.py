@@ -16,6 +16,19 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _at_least(minimum, kind):
+    """An argparse type: a number of this kind, at least minimum."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fastserve",
@@ -67,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     sec.add_argument("--max_request_bytes", type=int, help="REST body limit; 413 above it (default 64 MiB)")
     sec.add_argument("--grpc_max_receive_bytes", type=int, help="gRPC message limit; RESOURCE_EXHAUSTED above it (default 2 GiB)")
     sec.add_argument("--max_tensor_elements", type=int, help="input tensor elements one request may hold in all; 0 = no limit")
+    sec.add_argument("--rest_max_connections", type=_at_least(0, int),
+                     help="REST connections open at once; more are answered 503 (default 0: half the file descriptor limit)")
+    sec.add_argument("--rest_max_header_bytes", type=_at_least(1, int), help="REST request line and headers; 431 above it (default 64 KiB)")
+    sec.add_argument("--rest_max_url_bytes", type=_at_least(1, int), help="REST request URL; 414 above it (default 8 KiB)")
+    sec.add_argument("--rest_max_pipelined_requests", type=_at_least(1, int),
+                     help="REST requests of one connection in flight; beyond them it is not read (default 100)")
+    sec.add_argument("--rest_header_timeout_seconds", type=_at_least(0, float),
+                     help="a REST request line and headers must arrive within this, else 408 (default 10; 0 = no limit)")
+    sec.add_argument("--rest_idle_timeout_seconds", type=_at_least(0, float),
+                     help="close a REST connection that waits this long for its next request (default 75; 0 = never)")
+    sec.add_argument("--grpc_max_connections", type=_at_least(0, int),
+                     help="gRPC connections open at once; more are closed (default 0: a quarter of the file descriptor limit)")
+    sec.add_argument("--grpc_max_concurrent_streams", type=_at_least(0, int),
+                     help="gRPC calls in flight on one connection (default 0: gRPC's, no limit)")
     sec.add_argument("--model_root", help="model paths (configs, reloads, version directories) must resolve inside this directory")
     own.add_argument("--enable_metrics", type=_bool, nargs="?", const=True,
                      help="record per-request Prometheus metrics (default true; model states are always exported)")
@@ -123,6 +150,14 @@ def config_from_args(args: argparse.Namespace):
         max_request_bytes=args.max_request_bytes,
         grpc_max_receive_bytes=args.grpc_max_receive_bytes,
         max_tensor_elements=args.max_tensor_elements,
+        rest_max_connections=args.rest_max_connections,
+        rest_max_header_bytes=args.rest_max_header_bytes,
+        rest_max_url_bytes=args.rest_max_url_bytes,
+        rest_max_pipelined_requests=args.rest_max_pipelined_requests,
+        rest_header_timeout_seconds=args.rest_header_timeout_seconds,
+        rest_idle_timeout_seconds=args.rest_idle_timeout_seconds,
+        grpc_max_connections=args.grpc_max_connections,
+        grpc_max_concurrent_streams=args.grpc_max_concurrent_streams,
         enable_metrics=args.enable_metrics,
         model_root=args.model_root,
         metrics_path=cfg.load_monitoring_config_file(args.monitoring_config_file) if args.monitoring_config_file else None,

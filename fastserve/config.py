@@ -21,6 +21,18 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       allow_version_labels_for_unavailable_models: false
       shutdown_grace_seconds: 30         # SIGTERM: how long in-flight requests may take
       max_request_bytes: 67108864        # REST body limit (413 above it)
+      rest_max_connections: 0            # REST connections open at once, more are answered 503 and closed;
+                                         #   0 = half the process's file descriptor limit
+      rest_max_header_bytes: 65536       # REST request line and headers together (431 above it)
+      rest_max_url_bytes: 8192           # REST request URL (414 above it)
+      rest_max_pipelined_requests: 100   # REST requests of one connection in flight; beyond them, and while
+                                         #   its client does not read its answers, the connection is not read
+      rest_header_timeout_seconds: 10    # a REST request line and headers must arrive within this (else 408); 0 = no limit
+      rest_idle_timeout_seconds: 75      # a REST connection waiting this long for its next request is closed; 0 = never
+      grpc_max_connections: 0            # gRPC connections open at once, more are closed as they arrive;
+                                         #   0 = a quarter of the process's file descriptor limit
+      grpc_max_concurrent_streams: 0     # gRPC calls in flight on one connection (HTTP/2 MAX_CONCURRENT_STREAMS);
+                                         #   0 = gRPC's default, no limit (calls a client starts beyond it fail UNAVAILABLE)
       grpc_transport: ""                 # native (libgrpc++) or aio (grpc.aio); "" = native where built
       grpc_max_receive_bytes: 2147483647 # gRPC message limit (RESOURCE_EXHAUSTED above it)
       max_tensor_elements: 0             # elements in one request's input tensors together; 0 = no limit
@@ -128,6 +140,14 @@ class ServerConfig:
     allow_version_labels_for_unavailable_models: bool = False
     shutdown_grace_seconds: float = 30
     max_request_bytes: int = 64 * 1024 * 1024
+    rest_max_connections: int = 0  # 0 = half the descriptor limit (transports/descriptors.py)
+    rest_max_header_bytes: int = 64 * 1024
+    rest_max_url_bytes: int = 8 * 1024
+    rest_max_pipelined_requests: int = 100
+    rest_header_timeout_seconds: float = 10
+    rest_idle_timeout_seconds: float = 75  # above the usual load balancers' idle timeout (60 s)
+    grpc_max_connections: int = 0  # 0 = a quarter of the descriptor limit (transports/descriptors.py)
+    grpc_max_concurrent_streams: int = 0  # 0 = gRPC's default (no limit), as TF Serving
     grpc_transport: str = ""  # native | aio; "" = native where built
     grpc_max_receive_bytes: int = 2**31 - 1
     max_tensor_elements: int = 0
@@ -183,6 +203,14 @@ _SERVER_TYPES = {
     "allow_version_labels_for_unavailable_models": bool,
     "shutdown_grace_seconds": (int, float),
     "max_request_bytes": int,
+    "rest_max_connections": int,
+    "rest_max_header_bytes": int,
+    "rest_max_url_bytes": int,
+    "rest_max_pipelined_requests": int,
+    "rest_header_timeout_seconds": (int, float),
+    "rest_idle_timeout_seconds": (int, float),
+    "grpc_max_connections": int,
+    "grpc_max_concurrent_streams": int,
     "grpc_transport": str,
     "grpc_max_receive_bytes": int,
     "max_tensor_elements": int,
@@ -200,6 +228,10 @@ _SERVER_TYPES = {
     "cpu_devices": int,
     "check_before_available": bool,
 }
+# Transport limits that must be positive, and those where 0 means "automatic" or "none".
+_LIMITS_AT_LEAST_1 = ("rest_max_header_bytes", "rest_max_url_bytes", "rest_max_pipelined_requests")
+_LIMITS_AT_LEAST_0 = ("rest_max_connections", "rest_header_timeout_seconds", "rest_idle_timeout_seconds", "grpc_max_connections",
+                      "grpc_max_concurrent_streams")
 _MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "check_before_available", "batching",
                "devices", "instances_per_device")
 
@@ -254,9 +286,12 @@ def _server_options(section: dict) -> dict:
         raise ConfigError(f"server.grpc_transport: must be native or aio, got {out['grpc_transport']!r}")
     if "batching_parameters" in out:
         out["batching_parameters"] = batching_config(out["batching_parameters"], "server.batching_parameters")
-    for key in ("num_load_threads", "executor_threads", "cpu_devices"):
+    for key in ("num_load_threads", "executor_threads", "cpu_devices", *_LIMITS_AT_LEAST_1):
         if key in out and out[key] < 1:
             raise ConfigError(f"server.{key}: must be at least 1")
+    for key in _LIMITS_AT_LEAST_0:
+        if key in out and out[key] < 0:
+            raise ConfigError(f"server.{key}: must not be negative")
     return out
 
 

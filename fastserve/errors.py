@@ -30,10 +30,17 @@ HTTP_STATUS: dict[StatusCode, int] = {
 BY_NUMBER: dict[int, StatusCode] = {code.value[0]: code for code in StatusCode}
 
 
+# Messages echo what requests sent (names, values): a 10 KB model name in a gRPC status message
+# passes the 8 KB metadata limit of clients, which then see RESOURCE_EXHAUSTED instead.
+MAX_MESSAGE = 1024
+
+
 class ServingError(Exception):
     """A request failed with a canonical status code and a message a user can act on."""
 
     def __init__(self, code: StatusCode, message: str, http_status: int | None = None):
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 15] + " ... (truncated)"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -25,9 +25,10 @@ from fastserve.services.tf_serving import TFServingService
 from fastserve.services.tf_serving_rest import RestV1
 from fastserve.services.v2 import V2Service
 from fastserve.services.v2_rest import V2Rest
+from fastserve.transports import descriptors
 from fastserve.transports.grpc_aio import GrpcServer
 from fastserve.transports.grpc_native import NativeGrpcServer, chosen_transport
-from fastserve.transports.http import HttpServer
+from fastserve.transports.http import HttpLimits, HttpServer
 from fastserve.transports.rest import RestApp, error_response
 
 log = logging.getLogger("fastserve")
@@ -60,6 +61,8 @@ class Server:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
+        rest_connections, grpc_connections = descriptors.connection_caps(
+            self.config.rest_max_connections, self.config.grpc_max_connections, descriptors.raise_limit())
         self.manager.start()
         self._log_models()
         addresses = [f"{self.config.host}:{self.config.grpc_port}"]
@@ -70,14 +73,15 @@ class Server:
         server_class = NativeGrpcServer if transport == "native" else GrpcServer
         self._grpc = server_class(
             self.grpc_services, addresses, max_receive_bytes=self.config.grpc_max_receive_bytes,
-            ssl=self.config.ssl_config, auth=self.auth,
+            ssl=self.config.ssl_config, auth=self.auth, max_connections=grpc_connections,
+            max_concurrent_streams=self.config.grpc_max_concurrent_streams,
         )
         self._grpc.start()
         for address in self._grpc.bound:
             log.info("Running gRPC ModelServer at %s", address)
-        return uvloop.run(self._serve())
+        return uvloop.run(self._serve(rest_connections))
 
-    async def _serve(self) -> int:
+    async def _serve(self, rest_connections: int) -> int:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -90,7 +94,13 @@ class Server:
         if self.config.rest_port:
             rest = RestApp(self.pipeline, self.registry, RestV1(self.service), V2Rest(self.v2), timeout_ms=self.config.rest_api_timeout_ms,
                            auth=self.auth, metrics_path=self.config.metrics_path)
-            self._http = HttpServer(rest, error_response, self.config.max_request_bytes)
+            limits = HttpLimits(
+                max_body_bytes=self.config.max_request_bytes, max_connections=rest_connections,
+                max_header_bytes=self.config.rest_max_header_bytes, max_url_bytes=self.config.rest_max_url_bytes,
+                max_pipelined=self.config.rest_max_pipelined_requests, header_timeout=self.config.rest_header_timeout_seconds,
+                idle_timeout=self.config.rest_idle_timeout_seconds,
+            )
+            self._http = HttpServer(rest, error_response, limits)
             ssl_context = tls.server_context(self.config.ssl_config) if self.config.ssl_config else None
             port = await self._http.start(self.config.host, self.config.rest_port, ssl_context)
             log.info("Exporting HTTP%s/REST API at %s:%d", "S" if ssl_context else "", self.config.host, port)

@@ -169,19 +169,26 @@ def test_already_expired_call_is_answered_deadline_exceeded(server, tmp_path):
         return sum(value(samples, ":tensorflow:serving:request_count_total", model_name=model, status="DEADLINE_EXCEEDED")
                    for model in ("", "m"))
 
-    before = expired(scrape(server))
-    started = time.monotonic()
-    result = subprocess.run(
-        ["nghttp", "-v", "-d", str(body), *[arg for h in headers for arg in ("-H", h)],
-         f"http://{server.grpc_target}/tensorflow.serving.PredictionService/Predict"],
-        capture_output=True, text=True, timeout=30,
-    )
-    assert "grpc-status: 4" in result.stdout, result.stdout + result.stderr
-    assert time.monotonic() - started < 3
-    deadline = time.monotonic() + 10  # the count may land just after the answer
-    while expired(scrape(server)) == before and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert expired(scrape(server)) == before + 1  # counted once, on both transports
+    # gRPC's core may also answer it itself, before the server is handed the call: then it is not
+    # counted. Some of a few tries are handed over, and each is counted once.
+    counted = 0
+    for _ in range(5):
+        before = expired(scrape(server))
+        started = time.monotonic()
+        result = subprocess.run(
+            ["nghttp", "-v", "-d", str(body), *[arg for h in headers for arg in ("-H", h)],
+             f"http://{server.grpc_target}/tensorflow.serving.PredictionService/Predict"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert "grpc-status: 4" in result.stdout, result.stdout + result.stderr
+        assert time.monotonic() - started < 3
+        deadline = time.monotonic() + 2  # the count may land just after the answer
+        while expired(scrape(server)) == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = expired(scrape(server))
+        assert after - before in (0, 1)  # never twice
+        counted += after - before
+    assert counted >= 1
     with server.channel() as channel:
         assert half_plus_two(channel, 2.0, timeout=5) == 3.0
 

@@ -221,3 +221,21 @@ def test_v2_grpc_shapes_and_versions(servers, transport):
             request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(1.0)
             assert_invalid(lambda: stub(request, timeout=30), "is not a version number")
     assert_serving(server)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_10kb_model_name_is_not_found(servers, transport):
+    """Its error echoes the name; a status message over the clients' 8 KB metadata limit
+    reached them as RESOURCE_EXHAUSTED."""
+    with servers[transport].channel() as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            predict(channel, "m" * 10_000, {"x": np.array([[1.0]], np.float32)})
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details().endswith("(truncated)")
+    # over REST the name is in the URL, refused on its length (rest_max_url_bytes) before it is parsed
+    response = requests.post(f"{servers[transport].rest}/v1/models/{'m' * 10_000}:predict", json={"instances": [[1.0]]}, timeout=30)
+    assert response.status_code == 414
+    assert "longer than the limit of 8192 bytes" in response.json()["error"]
+    response = requests.post(f"{servers[transport].rest}/v1/models/{'m' * 4_000}:predict", json={"instances": [[1.0]]}, timeout=30)
+    assert response.status_code == 404
+    assert response.json()["error"].endswith("(truncated)")

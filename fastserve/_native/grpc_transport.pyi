@@ -14,15 +14,20 @@ class Handoff(NamedTuple):
     calls: list[Call]  # whose requests arrived since the last take()
     cancelled: list[int]  # ids of taken calls whose client went away or whose deadline passed
     expired: list[str]  # methods of calls answered DEADLINE_EXCEEDED on arrival (never taken), for the metrics
+    refused: int  # connections closed at max_connections since the last take(), for the metrics
+    notices: list[str]  # for the log: accepting failed (out of descriptors) or resumed, the connection cap reached or left
 
 # respond()'s records: (call id, status code (0: OK), message, payload: the serialized response when OK)
 Reply = tuple[int, int, str, bytes | None]
 
 class Transport:
     def __init__(self, addresses: list[str], max_receive_bytes: int, max_send_bytes: int,
-                 tls: tuple[bytes, bytes, bytes | None, bool] | None = None) -> None:
+                 tls: tuple[bytes, bytes, bytes | None, bool] | None = None, max_connections: int = 0,
+                 max_concurrent_streams: int = 0) -> None:
         """tls: (private key PEM, certificate chain PEM, root certificates PEM, require a client
-        certificate); it applies to TCP addresses, unix: sockets stay plain."""
+        certificate); it applies to TCP addresses, unix: sockets stay plain. max_connections: open
+        connections at most (0: no cap); max_concurrent_streams: calls in flight on one connection
+        (0: gRPC's default)."""
     def start(self) -> list[int]:
         """Bind and serve; the bound port of each address (0 for unix: ones). Raises OSError."""
     def fileno(self) -> int:

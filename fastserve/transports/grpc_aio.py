@@ -80,11 +80,13 @@ class GrpcServer:
 
     def __init__(
         self, service: Services, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
-        ssl: SSLConfig | None = None, auth: TokenAuth | None = None,
+        ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
         self._service = service
         self._addresses = addresses
         self._max_receive_bytes = max_receive_bytes
+        self._max_connections = max_connections
+        self._max_concurrent_streams = max_concurrent_streams
         self._ssl = ssl
         self._auth = auth
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -118,6 +120,10 @@ class GrpcServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
         ]
+        if self._max_connections:  # gRPC closes connections beyond it as they arrive
+            options.append(("grpc.max_allowed_incoming_connections", self._max_connections))
+        if self._max_concurrent_streams:
+            options.append(("grpc.max_concurrent_streams", self._max_concurrent_streams))
         self._server = aio.server(options=options)
         is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
         self._server.add_generic_rpc_handlers(

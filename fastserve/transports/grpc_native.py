@@ -6,7 +6,8 @@ thread) takes all of them. The inference calls among them go to the pipeline tog
 (so those that agree are served as groups); each other call runs as a task through the
 shared step (grpc_calls.Method). The answers made in one loop iteration go back to C++ in
 one respond(). Cancellations (client gone, deadline passed) arrive the same way: an
-inference call is answered and dropped from its batch, a task is cancelled.
+inference call is answered and dropped from its batch, a task is cancelled. So do the accept
+thread's reports: connections refused at the cap (counted) and its notices (logged).
 """
 import asyncio
 import functools
@@ -67,14 +68,14 @@ class NativeGrpcServer:
 
     def __init__(
         self, service: Services, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
-        ssl: SSLConfig | None = None, auth: TokenAuth | None = None,
+        ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
         self._methods: dict[str, Method | InferMethod] = method_table(service.grpc_methods(), auth, is_served)
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
-        self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls)
+        self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls, max_connections, max_concurrent_streams)
         self._loop = uvloop.new_event_loop()
         self._thread: threading.Thread | None = None
         self._tasks: dict[int, asyncio.Task] = {}  # plain calls being served
@@ -115,6 +116,10 @@ class NativeGrpcServer:
     def _take(self) -> None:
         """Every call (and cancellation) waiting in C++, in one go."""
         handoff = self._transport.take()
+        for notice in handoff.notices:
+            log.warning("%s", notice)
+        if handoff.refused:
+            metrics.rejected("too_many_connections", handoff.refused)
         for path in handoff.expired:  # answered in C++; counted as the per-call path counts an expired call
             if path in self._methods:
                 count_gone_on_arrival(path)
