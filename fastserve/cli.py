@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     own.add_argument("--executor_threads", type=int, help="threads that run models (default 4)")
     own.add_argument("--check_before_available", type=_bool, nargs="?", const=True,
                      help="run every signature of a new version once before it serves (default true)")
+    own.add_argument("--allow_empty_model_config", type=_bool, nargs="?", const=True,
+                     help="a reload that lists no models unloads them all (default false: it is refused)")
     own.add_argument("--shutdown_grace_seconds", type=float, help="graceful shutdown limit (default 30)")
     own.add_argument("--grpc_transport", choices=("native", "aio"), help="gRPC server: native (libgrpc++; default where built) or aio (grpc.aio)")
     own.add_argument("--log_level", default=os.environ.get("FASTSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
@@ -145,6 +147,7 @@ def config_from_args(args: argparse.Namespace):
         tensorflow_intra_op_parallelism=intra,
         tensorflow_inter_op_parallelism=inter,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
+        allow_empty_model_config=args.allow_empty_model_config,
         shutdown_grace_seconds=args.shutdown_grace_seconds,
         grpc_transport=args.grpc_transport,
         max_request_bytes=args.max_request_bytes,

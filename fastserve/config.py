@@ -19,6 +19,7 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       tensorflow_intra_op_parallelism: 0 # 0 = TensorFlow decides
       tensorflow_inter_op_parallelism: 0
       allow_version_labels_for_unavailable_models: false
+      allow_empty_model_config: false    # a reload may list no models and unload them all (else refused)
       shutdown_grace_seconds: 30         # SIGTERM: how long in-flight requests may take
       max_request_bytes: 67108864        # REST body limit (413 above it)
       rest_max_connections: 0            # REST connections open at once, more are answered 503 and closed;
@@ -138,6 +139,7 @@ class ServerConfig:
     tensorflow_intra_op_parallelism: int = 0
     tensorflow_inter_op_parallelism: int = 0
     allow_version_labels_for_unavailable_models: bool = False
+    allow_empty_model_config: bool = False
     shutdown_grace_seconds: float = 30
     max_request_bytes: int = 64 * 1024 * 1024
     rest_max_connections: int = 0  # 0 = half the descriptor limit (transports/descriptors.py)
@@ -201,6 +203,7 @@ _SERVER_TYPES = {
     "tensorflow_intra_op_parallelism": int,
     "tensorflow_inter_op_parallelism": int,
     "allow_version_labels_for_unavailable_models": bool,
+    "allow_empty_model_config": bool,
     "shutdown_grace_seconds": (int, float),
     "max_request_bytes": int,
     "rest_max_connections": int,

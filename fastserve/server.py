@@ -111,15 +111,16 @@ class Server:
 
     # ------------------------------------------------------------ runtime reload
 
-    def reload_models(self, models: tuple[ModelConfig, ...]) -> None:
-        """Apply a new model list (blocking). Errors are raised to the caller and logged."""
+    def reload_models(self, models: tuple[ModelConfig, ...], unload_all: bool = False) -> None:
+        """Apply a new model list (blocking). Errors are raised to the caller and logged.
+        unload_all: an empty list may unload every model (an explicit unload of the last one)."""
         with self._reload_lock:
             try:
                 try:
                     check_model_root(models, self.config.model_root)
                 except ConfigError as exc:
                     raise ServingError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
-                self.manager.reload(models)
+                self.manager.reload(models, unload_all)
                 self.scheduler.configure(models)
             except ServingError as exc:
                 log.error("model config reload rejected, the previous config keeps serving: %s", exc.message)

@@ -23,6 +23,7 @@ def models(tmp_path_factory):
 
 def reload_request(root, entries) -> model_management_pb2.ReloadConfigRequest:
     config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.SetInParent()  # present even when empty
     for name, policy, labels in entries:
         model = config.model_config_list.config.add(name=name, base_path=str(root / name), model_platform="tensorflow")
         if policy == "all":
@@ -103,3 +104,71 @@ def test_sighup_and_polling_reread_models_yaml(start_server, models, tmp_path):
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
     assert predict(server, "b").json() == {"predictions": [[5.0]]}
+
+
+def wait_for_log(server, text: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in server.log():
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
+
+
+def test_reloads_with_empty_or_broken_configs_keep_everything_serving(start_server, models, tmp_path):
+    """An empty file (a truncated write, an empty ConfigMap) used to unload every model; a serving
+    model moved to a base path that does not exist lost its versions."""
+    config = tmp_path / "models.yaml"
+    served = f"models:\n  - {{name: b, base_path: {models / 'b'}}}\n"
+    config.write_text(served)
+    server = start_server([f"--config={config}"])
+    stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+    with Load(server, "b", threads=4) as load:
+        for broken, logged in (
+            ("", "lists no models: refusing to unload all 1 models"),
+            ("models: []\n", "lists no models: refusing to unload all 1 models"),
+            ("models: [{name: b, base_path", "invalid YAML"),
+            (f"models:\n  - {{name: b, base_path: {models / 'gone'}}}\n", f"base path {models / 'gone'} does not exist"),
+        ):
+            config.write_text(broken)
+            before = server.log().count(logged)
+            server.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 20
+            while server.log().count(logged) == before:
+                assert time.monotonic() < deadline, server.log()[-3000:]
+                time.sleep(0.1)
+            assert predict(server, "b").json() == {"predictions": [[5.0]]}
+        with pytest.raises(grpc.RpcError) as err:  # the same over the API
+            stub.HandleReloadConfigRequest(reload_request(models, []), timeout=60)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "--allow_empty_model_config" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.HandleReloadConfigRequest(_moved(models, "b", models / "gone"), timeout=60)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"b keeps serving from {models / 'b'}" in err.value.details()
+        time.sleep(0.5)
+    assert load.errors() == []
+    assert {r.value for r in load.results} == {5.0}
+    # a valid file applies again
+    config.write_text(served + f"  - {{name: c, base_path: {models / 'c'}}}\n")
+    server.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while predict(server, "c").status_code != 200:
+        assert time.monotonic() < deadline, server.log()[-3000:]
+        time.sleep(0.1)
+    # unloading models one by one names each: the last one may go too
+    for name in ("c", "b"):
+        assert requests.post(f"{server.rest}/v2/repository/models/{name}/unload", timeout=60).status_code == 200
+        assert predict(server, name).status_code == 404
+
+
+def _moved(root, name, base_path) -> model_management_pb2.ReloadConfigRequest:
+    request = reload_request(root, [(name, "latest", {})])
+    request.config.model_config_list.config[0].base_path = str(base_path)
+    return request
+
+
+def test_an_empty_reload_unloads_everything_when_allowed(start_server, models):
+    server = start_server(["--model_name=b", f"--model_base_path={models / 'b'}", "--allow_empty_model_config"])
+    assert predict(server, "b").status_code == 200
+    stub = model_service_pb2_grpc.ModelServiceStub(server.channel())
+    stub.HandleReloadConfigRequest(reload_request(models, []), timeout=60)
+    assert predict(server, "b").status_code == 404

@@ -12,6 +12,7 @@ load never stalls serving, nor the loading of other models. A failed load is ret
 on later passes (max_num_load_retries, load_retry_interval_seconds), never blocking.
 """
 import logging
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
@@ -111,15 +112,25 @@ class ModelManager:
 
     # ------------------------------------------------------------ runtime reload
 
-    def reload(self, models: tuple[ModelConfig, ...]) -> None:
+    def reload(self, models: tuple[ModelConfig, ...], unload_all: bool = False) -> None:
         """Replace the model list: add, remove, change policy, relabel.
 
         Waits until added or changed models have had their load attempts. Raises
         ServingError (nothing changed) if a label would point at a version that is
-        not available, as TF Serving does.
+        not available, as TF Serving does; if the list is empty while models serve,
+        unless unload_all or server.allow_empty_model_config says so (an empty or
+        half-written file must not unload everything); or if a serving model would
+        move to a base path that does not exist (it would lose every version).
         """
         with self._models_lock:
             current = dict(self._models)
+        if not models and current and not (unload_all or self._config.allow_empty_model_config):
+            raise ServingError(
+                StatusCode.FAILED_PRECONDITION,
+                f"the new model config lists no models: refusing to unload all {len(current)} models "
+                "(set server.allow_empty_model_config, or --allow_empty_model_config, to allow it)",
+            )
+        self._check_base_paths(models, current)
         self._check_labels(models, current)
         added, changed = [], []
         for config in models:
@@ -150,6 +161,19 @@ class ModelManager:
             sorted(c.name for c in added), sorted(m.config.name for m in removed if m.config.name not in replaced),
             sorted(c.name for _, c in changed),
         )
+
+    @staticmethod
+    def _check_base_paths(models, current) -> None:
+        for config in models:
+            model = current.get(config.name)
+            if model is None or not model.loaded or config.base_path == model.config.base_path:
+                continue
+            if not os.path.isdir(config.base_path):
+                raise ServingError(
+                    StatusCode.INVALID_ARGUMENT,
+                    f"model {config.name}: base path {config.base_path} does not exist (or is not a directory); "
+                    f"{config.name} keeps serving from {model.config.base_path}",
+                )
 
     def _check_labels(self, models, current) -> None:
         allow_unloaded = self._config.allow_version_labels_for_unavailable_models

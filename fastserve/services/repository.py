@@ -20,7 +20,7 @@ _STATES = {START: "LOADING", LOADING: "LOADING", AVAILABLE: "READY", UNLOADING: 
 class ModelRepository:
     def __init__(
         self, served: Callable[[], list[ModelConfig]], monitor: StateMonitor,
-        reload_models: Callable[[tuple[ModelConfig, ...]], None], configured: tuple[ModelConfig, ...],
+        reload_models: Callable[..., None], configured: tuple[ModelConfig, ...],
     ):
         self._served = served  # the manager's current model list
         self._monitor = monitor
@@ -63,4 +63,4 @@ class ModelRepository:
                 if name not in self._known:
                     raise not_found(f"model {name} is not in the model repository")
                 return
-            self._reload_models(tuple(m for n, m in served.items() if n != name))
+            self._reload_models(tuple(m for n, m in served.items() if n != name), unload_all=True)
