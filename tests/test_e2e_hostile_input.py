@@ -7,10 +7,14 @@ otherwise: a scalar string where a model takes a vector is what TensorFlow broad
 200) on every transport, and a probe request right after must be answered.
 """
 import json
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import numpy as np
 import pytest
 import requests
@@ -239,3 +243,51 @@ def test_a_10kb_model_name_is_not_found(servers, transport):
     response = requests.post(f"{servers[transport].rest}/v1/models/{'m' * 4_000}:predict", json={"instances": [[1.0]]}, timeout=30)
     assert response.status_code == 404
     assert response.json()["error"].endswith("(truncated)")
+
+
+def grpc_call_with_raw_path(target: str, path: bytes) -> dict:
+    """A gRPC call whose :path is any bytes, over hand-built HTTP/2; its response headers and trailers."""
+    host, port = target.rsplit(":", 1)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(
+        client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"fastserve"),
+                               (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+    conn.send_data(stream, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty message
+    headers: dict = {}
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(conn.data_to_send())
+        while data := sock.recv(65536):
+            for event in conn.receive_data(data):
+                if isinstance(event, (h2.events.ResponseReceived, h2.events.TrailersReceived)):
+                    headers.update(event.headers)
+                if isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    return headers
+            sock.sendall(conn.data_to_send())
+    return headers
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_method_name_that_is_not_utf8(servers, transport):
+    """The native transport answers UNIMPLEMENTED. grpc.aio raises while decoding the name, before
+    any handler, and stops its whole server (it stayed down for good): fastserve serves again at once
+    on the same port; the calls then in flight on it are cancelled by grpc.aio."""
+    server = servers[transport]
+    headers = grpc_call_with_raw_path(server.grpc_target, b"/tensorflow.serving.PredictionService/\xff\xfe")
+    if transport == "native":
+        assert headers[b"grpc-status"] == b"12", headers  # UNIMPLEMENTED
+    else:
+        assert headers[b"grpc-status"] in (b"1", b"12"), headers
+        deadline = time.monotonic() + 10
+        while "stopped by itself (UnicodeDecodeError" not in server.log():
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while True:  # grpc.aio: the port is bound again within moments
+        try:
+            assert_serving(server)
+            break
+        except grpc.RpcError:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)

@@ -108,13 +108,41 @@ class GrpcServer:
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._serve())
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
+        except BaseException as exc:  # noqa: BLE001 - reported to start(), or logged after it
+            if self._started.is_set():
+                log.critical("the gRPC server (grpc.aio) cannot serve again", exc_info=exc)
             self._error = exc
             self._started.set()
         finally:
             self._loop.close()
 
     async def _serve(self) -> None:
+        self._stopping = asyncio.Event()
+        self._stopped = asyncio.Event()
+        addresses = self._addresses
+        while True:
+            self._server = self._build(addresses)
+            await self._server.start()
+            if not self._started.is_set():
+                addresses = self.bound  # a restart binds the ports the first start got
+                self._started.set()
+            ended = asyncio.ensure_future(self._server.wait_for_termination())
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if stopping.done():  # (ended is not cancelled: that would cancel grpc.aio's own shutdown)
+                await self._stopped.wait()  # set by _stop, after the server has fully stopped
+                await asyncio.gather(ended, return_exceptions=True)
+                return
+            stopping.cancel()
+            # grpc.aio's accept loop ended by itself: it raises on a call whose method name is not
+            # UTF-8 (it decodes the name before any handler runs) and then stops the whole server,
+            # cancelling the calls in flight. Serve again on the same ports at once.
+            cause = ended.exception() if not ended.cancelled() else None
+            log.error("the gRPC server (grpc.aio) stopped by itself (%s: %s); starting it again on %s",
+                      type(cause).__name__, cause, ", ".join(addresses))
+
+    def _build(self, addresses: list[str]) -> aio.Server:
+        """A grpc.aio server with the services, bound to addresses (self.bound: what it got)."""
         options = [
             ("grpc.max_receive_message_length", self._max_receive_bytes),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -124,28 +152,28 @@ class GrpcServer:
             options.append(("grpc.max_allowed_incoming_connections", self._max_connections))
         if self._max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", self._max_concurrent_streams))
-        self._server = aio.server(options=options)
+        server = aio.server(options=options)
         is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
-        self._server.add_generic_rpc_handlers(
+        server.add_generic_rpc_handlers(
             generic_handlers(self._service.grpc_methods(), self._service.pipeline, self._auth, is_served))
         reflection.enable_server_reflection(  # lets grpcurl-style tools list and describe the services
-            [*self._service.service_names(), reflection.SERVICE_NAME], self._server, pool=self._service.reflection_pool()
+            [*self._service.service_names(), reflection.SERVICE_NAME], server, pool=self._service.reflection_pool()
         )
         credentials = grpc_credentials(self._ssl) if self._ssl else None
-        for address in self._addresses:
+        bound = []
+        for address in addresses:
             if credentials is None or address.startswith("unix:"):  # a local socket needs no TLS
-                port = self._server.add_insecure_port(address)
+                port = server.add_insecure_port(address)
             else:
-                port = self._server.add_secure_port(address, credentials)
+                port = server.add_secure_port(address, credentials)
             if port == 0 and not address.startswith("unix:"):
                 raise OSError(f"cannot listen for gRPC on {address}")
-            self.bound.append(address if address.startswith("unix:") else address.rsplit(":", 1)[0] + f":{port}")
-        self._stopped = asyncio.Event()
-        await self._server.start()
-        self._started.set()
-        await self._stopped.wait()  # set by _stop, after the server has fully stopped
+            bound.append(address if address.startswith("unix:") else address.rsplit(":", 1)[0] + f":{port}")
+        self.bound = bound
+        return server
 
     async def _stop(self, grace: float) -> None:
+        self._stopping.set()
         try:
             await self._server.stop(grace)
         finally:
