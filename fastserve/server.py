@@ -49,7 +49,7 @@ class Server:
         self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements)
         examples = ExampleInference(self.registry, self.pipeline)
         self.service = TFServingService(self.registry, self.monitor, examples, self.reload_models)
-        self.health = Health(self.registry, self.manager.all_available)
+        self.health = Health(self.registry, self.manager.all_available, models_private=bool(config.auth_token))
         self.repository = ModelRepository(lambda: self.manager.models, self.monitor, self.reload_models, tuple(config.models))
         self.v2 = V2Service(self.registry, self.health, self.repository)
         self.grpc_services = Services(self.registry, self.pipeline, self.service, self.v2, self.health)

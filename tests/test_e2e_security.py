@@ -7,10 +7,15 @@ import pytest
 import requests
 import tensorflow as tf
 import trustme
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS, EXAMPLES
+
+TRANSPORTS = ["native", "aio"] if NATIVE_BUILT else ["aio"]
 
 TOKEN, ADMIN_TOKEN = "data-token-123", "admin-token-456"
 
@@ -170,3 +175,37 @@ def test_bad_ssl_config_stops_start_up(start_server, tmp_path):
     server = start_server([f"--config={EXAMPLES / 'models.yaml'}", f"--ssl_config_file={bad}"], wait=False)
     assert server.proc.wait(60) == 2
     assert "--ssl_config_file: server_key / server_cert cannot be used" in server.log()
+
+
+# ---------------------------------------------------------------- what callers without a token can learn
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def token_only(request, start_server, pki):
+    return start_server([f"--config={EXAMPLES / 'models.yaml'}", f"--auth_token_file={pki['token_file']}",
+                         f"--grpc_transport={request.param}"])
+
+
+def test_health_check_does_not_tell_which_models_exist(token_only):
+    """Check is open to probes without a token: it answers for the server and its services only."""
+    stub = health_pb2_grpc.HealthStub(token_only.channel())
+    assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+    details = {}
+    for name in ("half_plus_two", "no_such_model"):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        details[name] = err.value.details().replace(name, "NAME")
+    assert details["half_plus_two"] == details["no_such_model"]
+
+
+def test_reflection_needs_the_token(token_only):
+    if "gRPC transport: grpc.aio" not in token_only.log():
+        pytest.skip("reflection is served by the grpc.aio transport")
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    stub = reflection_pb2_grpc.ServerReflectionStub(token_only.channel())
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.ServerReflectionInfo(iter([request]), timeout=10))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    answers = list(stub.ServerReflectionInfo(iter([request]), timeout=10, metadata=[("authorization", f"Bearer {TOKEN}")]))
+    assert "tensorflow.serving.PredictionService" in [s.name for s in answers[0].list_services_response.service]

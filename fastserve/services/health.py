@@ -3,8 +3,9 @@
 Ready means: every configured model has an AVAILABLE version and the server is not
 draining (shutting down). The standard grpc.health.v1.Health Check method reports it
 for the whole server (service "") and for each served gRPC service; a model name as
-the service asks about that one model. Served through the method-table mechanism,
-so every gRPC transport serves it.
+the service asks about that one model, unless token authentication is on: Check is open
+to every caller (probes carry no token), so it must not tell them which models exist.
+Served through the method-table mechanism, so every gRPC transport serves it.
 """
 from typing import Callable
 
@@ -25,9 +26,10 @@ SERVED_SERVICES = (
 
 
 class Health:
-    def __init__(self, registry: Registry, all_available: Callable[[], bool]):
+    def __init__(self, registry: Registry, all_available: Callable[[], bool], models_private: bool = False):
         self._registry = registry
         self._all_available = all_available
+        self._models_private = models_private  # token auth is on: Check does not answer for models
         self.draining = False  # set once shutdown begins
 
     def live(self) -> bool:
@@ -49,6 +51,9 @@ class Health:
         service = request.service
         if service == "" or service in SERVED_SERVICES:
             ok = self.ready()
+        elif self._models_private:
+            raise not_found(f"unknown service: {service} (with token authentication on, ask for a model's readiness "
+                            "with GetModelStatus or ModelReady)")
         elif self._registry.entry(service) is not None:
             ok = self.model_ready(service)
         else:

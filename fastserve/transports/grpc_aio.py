@@ -3,6 +3,7 @@
 It runs its own asyncio loop on its own thread, beside the REST frontend's uvloop.
 """
 import asyncio
+import functools
 import logging
 import threading
 from typing import Callable
@@ -16,7 +17,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
-from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, method_table
+from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, authorization, method_table
 from fastserve.tls import SSLConfig, grpc_credentials
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,25 @@ def generic_handlers(
         handler = _inference_handler(method, pipeline) if isinstance(method, InferMethod) else _unary_handler(method)
         services.setdefault(service, {})[name] = handler
     return [grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items()]
+
+
+async def _refuse(error: ServingError, requests, context: aio.ServicerContext):
+    await context.abort(error.code, error.message)
+
+
+class _ReflectionAuth(aio.ServerInterceptor):
+    """Reflection is grpc.aio's own service, outside the method tables: it needs the token too."""
+
+    def __init__(self, auth: TokenAuth):
+        self._auth = auth
+
+    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
+        if details.method.startswith(f"/{reflection.SERVICE_NAME}/"):
+            try:
+                self._auth.check(authorization(details.invocation_metadata), admin=False)
+            except ServingError as exc:
+                return grpc.stream_stream_rpc_method_handler(functools.partial(_refuse, exc))
+        return await continuation(details)
 
 
 class GrpcServer:
@@ -152,7 +172,8 @@ class GrpcServer:
             options.append(("grpc.max_allowed_incoming_connections", self._max_connections))
         if self._max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", self._max_concurrent_streams))
-        server = aio.server(options=options)
+        interceptors = [_ReflectionAuth(self._auth)] if self._auth is not None and self._auth.enabled else []
+        server = aio.server(options=options, interceptors=interceptors)
         is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
         server.add_generic_rpc_handlers(
             generic_handlers(self._service.grpc_methods(), self._service.pipeline, self._auth, is_served))

@@ -35,7 +35,8 @@ class Outcome(NamedTuple):
     payload: bytes | None  # the serialized response when code is OK
 
 
-def _authorization(metadata) -> str | None:
+def authorization(metadata) -> str | None:
+    """The authorization metadata of a call, if it has one."""
     for key, value in metadata or ():
         if key == "authorization":
             return value
@@ -74,7 +75,7 @@ class _Entry:
 
     def parse(self, payload: bytes, metadata, timeout: float | None):
         if self.auth:
-            self.auth.check(_authorization(metadata), self.admin)
+            self.auth.check(authorization(metadata), self.admin)
         if timeout is not None:
             limits.check_deadline(time.monotonic() + timeout)
         try:
