@@ -106,6 +106,7 @@ REST_CASES = {
     "lone surrogate in a V2 name": ("/v2/models/echo/infer", '{"inputs": [{"name": "\\udcff", "datatype": "BYTES", "shape": [1], "data": ["a"]}]}', 400, "surrogate"),
     "lone surrogate in a classify feature": ("/v1/models/example_scorer:classify", '{"signature_name": "classify_x_to_y", "examples": [{"\\udcff": 1.0}]}', 400, "surrogate"),
     "V2 shape whose product overflows": ("/v2/models/half_plus_two/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [2**40, 2**40], "data": [1.0]}]), 400, "needs 1208925819614629174706176 elements"),
+    "V2 zero-sized shape whose other dimensions are huge": ("/v2/models/echo/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [0, 2**62], "data": []}], parameters={"signature_name": "floats"}), 400, "is too large"),
     "V2 outputs that are not a list": ("/v2/models/half_plus_two/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], outputs=5), 400, "'outputs' must be a list"),
     "a scalar b64 for a string input": ("/v1/models/multi_io:predict", {"inputs": {"a": [[1.0, 2.0]], "b": [1], "tag": {"b64": "aGk="}}}, 200, ""),
     "ragged string rows": ("/v1/models/echo:predict", {"inputs": {"s": [["a", "b"], ["c"]]}}, 400, "same shape"),
@@ -224,6 +225,29 @@ def test_v2_grpc_shapes_and_versions(servers, transport):
             request = V2.ModelInferRequest(model_name="half_plus_two", model_version=version)
             request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(1.0)
             assert_invalid(lambda: stub(request, timeout=30), "is not a version number")
+    assert_serving(server)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_zero_sized_shape_whose_other_dimensions_are_huge(servers, transport):
+    """dims [0, 2^62] hold no elements, but numpy refused to make an array of that shape: INTERNAL
+    on every path (a fuzzer's find)."""
+    server = servers[transport]
+    empty = tf.make_tensor_proto(np.zeros(0, np.float32))
+    del empty.tensor_shape.dim[:]
+    for size in (0, 2**62):
+        empty.tensor_shape.dim.add(size=size)
+    with server.channel() as channel:
+        assert_invalid(lambda: predict(channel, "echo", {"x": empty}, signature="floats"), "is too large")
+        stub = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer", V2.ModelInferRequest.SerializeToString,
+                                   V2.ModelInferResponse.FromString)
+        for raw in (b"", None):
+            request = V2.ModelInferRequest(model_name="echo")
+            request.parameters["signature_name"].string_param = "floats"
+            request.inputs.add(name="x", datatype="FP32", shape=[2**62, 0])
+            if raw is not None:
+                request.raw_input_contents.append(raw)
+            assert_invalid(lambda: stub(request, timeout=30), "is too large")
     assert_serving(server)
 
 

@@ -12,15 +12,22 @@ from fastserve.errors import invalid_argument
 MAX_RANK = 32  # TensorFlow crashes converting a string tensor of rank 33 or more; no model needs that many
 IMPLIED_FACTOR = 1024  # implied elements: at most this many per value given ...
 IMPLIED_FLOOR = 1 << 20  # ... or this many in all, whichever is more (unless max_tensor_elements allows more)
+MAX_SPAN = (2**63 - 1) // 16  # numpy keeps an array's size in bytes (16 at most per element) below 2^63
 
 
 def checked_shape(dims, name: str) -> tuple[int, ...]:
-    """The shape as a tuple of non-negative ints of at most MAX_RANK dimensions."""
+    """The shape as a tuple of non-negative ints of at most MAX_RANK dimensions. (A shape without a
+    zero is checked by its element count, which the data given must match.)"""
     dims = list(dims)
     check_rank(len(dims), name)
     shape = tuple(int(d) for d in dims)
     if shape and min(shape) < 0:
         raise invalid_argument(f"input '{name}': shape {list(shape)} has a negative dimension")
+    if 0 in shape:  # no elements, yet numpy refuses the shape when the others multiply beyond its limit
+        span = math.prod(d for d in shape if d)
+        if span > MAX_SPAN:
+            raise invalid_argument(f"input '{name}': shape {list(shape)} is too large: its non-zero dimensions multiply to {span}, "
+                                   f"above {MAX_SPAN}")
     return shape
 
 
