@@ -4,8 +4,9 @@ Slow request heads get 408 and oversized ones 431 (URLs 414) before they are par
 connections are closed, connections beyond the caps are refused while everyone connected
 is served, a client that pipelines without reading holds a bounded share of the server
 and its work stops with its connection, and gRPC (native and grpc.aio) accepts connections
-again once the process has file descriptors. Timings are percentiles of several samples,
-with generous bounds.
+again once the process has file descriptors. With the default limits, 20,000 idle
+connections and a 128 MB header leave both gRPC transports serving and REST clients
+answered. Probe latencies are the p99 of several samples, bounded at 100 ms.
 """
 import re
 import resource
@@ -180,7 +181,7 @@ def test_oversized_head_is_431_before_it_is_complete(strict):
     assert metric(strict, "fastserve_rejected_requests_total", reason="header_too_large") == before + 1
     # a head just under the limit is served
     assert requests.get(f"{strict.rest}/v1/models/half_plus_two", headers={"X-Big": "a" * 60_000}, timeout=30).status_code == 200
-    assert p99(probe_latencies(strict, 10)) < 0.5
+    assert p99(probe_latencies(strict, 10)) < 0.1
 
 
 def test_too_long_url_is_414(strict):
@@ -239,7 +240,7 @@ def test_unread_pipelining_is_bounded_and_stops_with_its_connection(strict):
     assert metric(strict, "fastserve_model_requests_total", api="Predict") == done  # its work stopped
     assert peak - rss_before < 100, (rss_before, peak)
     assert rss_mb(strict) - rss_before < 100
-    assert p99(latencies) < 0.5, sorted(latencies)
+    assert p99(latencies) < 0.1, sorted(latencies)
     assert p99(probe_latencies(strict, 10)) < 0.1
 
 
@@ -277,7 +278,10 @@ def test_connections_beyond_the_caps_are_refused_while_others_are_served(capped)
         health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert not grpc_serving(capped, timeout=1)  # one more gRPC connection is refused
     channels.pop().close()
-    assert any(grpc_serving(capped) for _ in range(10))  # ... until one ends
+    deadline = time.monotonic() + 10  # ... until one ends (the server closes its end soon after the client)
+    while not grpc_serving(capped):
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     for channel in channels:
         channel.close()
 
@@ -322,3 +326,91 @@ def test_grpc_accepts_again_after_descriptors_ran_out(start_server, config, tran
         assert "gRPC cannot accept connections: Too many open files" in server.log()
         assert "gRPC accepts connections again" in server.log()
     server.stop()
+
+
+# ---------------------------------------------------------------- floods, with the default limits
+
+@pytest.fixture(scope="module", params=["native", "aio"])
+def default_limits(request, start_server, config):
+    return start_server([f"--config={config}", f"--grpc_transport={request.param}"])
+
+
+def keep_alive_probe(server) -> "requests.Session":
+    """A client connected before the flood (a new one may meet the connection cap)."""
+    session = requests.Session()
+    assert session.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code == 200
+    return session
+
+
+def session_latencies(session, server, count: int, pause: float = 0.02) -> list[float]:
+    latencies = []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert session.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code == 200
+        latencies.append(time.perf_counter() - started)
+        time.sleep(pause)
+    return latencies
+
+
+def test_twenty_thousand_idle_connections(default_limits):
+    """As many idle connections as this process may open (20,000 here): the server holds its REST
+    cap of them (half its descriptors), refuses the rest at once, and keeps serving its clients
+    and gRPC; once they close, new connections are served again."""
+    server = default_limits
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    probe = keep_alive_probe(server)
+    rss_before = rss_mb(server)
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(min(20_000, hard - 300)):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", server.rest_port), timeout=10))
+            except OSError:  # this process is out of descriptors or ports
+                break
+        assert len(idle) >= 10_000
+        time.sleep(1)  # accepted (or refused) by now
+        latencies = session_latencies(probe, server, 50)
+        assert p99(latencies) < 0.1, sorted(latencies)
+        assert grpc_serving(server)
+        fresh = requests.get(f"{server.rest}/v1/models/half_plus_two", timeout=30)  # served, or refused at the cap at once
+        assert fresh.status_code in (200, 503), fresh.text
+        assert rss_mb(server) - rss_before < 300, (rss_before, rss_mb(server))
+    finally:
+        for s in idle:
+            s.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    deadline = time.monotonic() + 10
+    while requests.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert grpc_serving(server)
+
+
+def test_a_128_mb_header(default_limits):
+    """Refused 431 once the head passes 64 KiB; the rest is read and dropped (a short linger), never parsed."""
+    server = default_limits
+    probe = keep_alive_probe(server)
+    rss_before = rss_mb(server)
+    answer = []
+
+    def flood():
+        s = connect(server)
+        chunk = b"a" * (1 << 20)
+        try:
+            s.sendall(b"GET /v1/models/half_plus_two HTTP/1.1\r\nHost: test\r\nX-Big: ")
+            for _ in range(128):
+                s.sendall(chunk)
+        except OSError:  # the server closed the connection
+            pass
+        answer.append(read_until_closed(s))
+        s.close()
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    latencies = session_latencies(probe, server, 50)
+    flooder.join()
+    assert answer[0].startswith(b"HTTP/1.1 431"), answer[0][:200]
+    assert p99(latencies) < 0.1, sorted(latencies)
+    assert grpc_serving(server)
+    assert rss_mb(server) - rss_before < 50, (rss_before, rss_mb(server))
