@@ -269,15 +269,15 @@ def test_a_10kb_model_name_is_not_found(servers, transport):
     assert response.json()["error"].endswith("(truncated)")
 
 
-def grpc_call_with_raw_path(target: str, path: bytes) -> dict:
-    """A gRPC call whose :path is any bytes, over hand-built HTTP/2; its response headers and trailers."""
+def grpc_call_with_raw_path(target: str, path: bytes, metadata=()) -> dict:
+    """A gRPC call whose :path (and metadata) are any bytes, over hand-built HTTP/2; its response headers and trailers."""
     host, port = target.rsplit(":", 1)
     conn = h2.connection.H2Connection(h2.config.H2Configuration(
         client_side=True, header_encoding=None, validate_outbound_headers=False, normalize_outbound_headers=False))
     conn.initiate_connection()
     stream = conn.get_next_available_stream_id()
     conn.send_headers(stream, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path), (b":authority", b"fastserve"),
-                               (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+                               (b"content-type", b"application/grpc"), (b"te", b"trailers"), *metadata])
     conn.send_data(stream, b"\x00\x00\x00\x00\x00", end_stream=True)  # an empty message
     headers: dict = {}
     with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -14,6 +14,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS, EXAMPLES
+from tests.test_e2e_hostile_input import grpc_call_with_raw_path
 
 TRANSPORTS = ["native", "aio"] if NATIVE_BUILT else ["aio"]
 
@@ -209,3 +210,11 @@ def test_reflection_needs_the_token(token_only):
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     answers = list(stub.ServerReflectionInfo(iter([request]), timeout=10, metadata=[("authorization", f"Bearer {TOKEN}")]))
     assert "tensorflow.serving.PredictionService" in [s.name for s in answers[0].list_services_response.service]
+
+
+def test_a_token_that_is_not_utf8_is_unauthenticated(token_only):
+    """The native transport hands a metadata value that is not UTF-8 over as bytes: the token check
+    raised TypeError on it (INTERNAL). Found by fuzzing."""
+    headers = grpc_call_with_raw_path(token_only.grpc_target, b"/tensorflow.serving.PredictionService/Predict",
+                                      [(b"authorization", b"Bearer \xff\xfe")])
+    assert headers[b"grpc-status"] == b"16", headers  # UNAUTHENTICATED

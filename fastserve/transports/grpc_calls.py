@@ -38,8 +38,8 @@ class Outcome(NamedTuple):
 def authorization(metadata) -> str | None:
     """The authorization metadata of a call, if it has one."""
     for key, value in metadata or ():
-        if key == "authorization":
-            return value
+        if key == "authorization":  # native gRPC hands a value that is not UTF-8 over as bytes
+            return value if isinstance(value, str) else value.decode("utf-8", "replace")
     return None
 
 
