@@ -107,6 +107,7 @@ REST_CASES = {
     "lone surrogate in a classify feature": ("/v1/models/example_scorer:classify", '{"signature_name": "classify_x_to_y", "examples": [{"\\udcff": 1.0}]}', 400, "surrogate"),
     "V2 shape whose product overflows": ("/v2/models/half_plus_two/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [2**40, 2**40], "data": [1.0]}]), 400, "needs 1208925819614629174706176 elements"),
     "V2 zero-sized shape whose other dimensions are huge": ("/v2/models/echo/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [0, 2**62], "data": []}], parameters={"signature_name": "floats"}), 400, "is too large"),
+    "V2 id nested 1000 deep": ("/v2/models/half_plus_two/infer", '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1]}], "id": ' + "[" * 1000 + "]" * 1000 + "}", 400, "'id' must be a string"),
     "V2 outputs that are not a list": ("/v2/models/half_plus_two/infer", v2_infer([{"name": "x", "datatype": "FP32", "shape": [1, 1], "data": [1.0]}], outputs=5), 400, "'outputs' must be a list"),
     "a scalar b64 for a string input": ("/v1/models/multi_io:predict", {"inputs": {"a": [[1.0, 2.0]], "b": [1], "tag": {"b64": "aGk="}}}, 200, ""),
     "ragged string rows": ("/v1/models/echo:predict", {"inputs": {"s": [["a", "b"], ["c"]]}}, 400, "same shape"),

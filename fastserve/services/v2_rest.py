@@ -168,7 +168,9 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
     if not isinstance(signature, str):
         raise invalid_argument("parameters.signature_name must be a string")
     request_id = doc.get("id", "")
-    return (str(request_id), inputs, outputs, signature), True if parameters.get("binary_data_output") else binary_outputs
+    if not isinstance(request_id, str):  # (str() of a list nested 1,000 deep raised RecursionError)
+        raise invalid_argument("'id' must be a string")
+    return (request_id, inputs, outputs, signature), True if parameters.get("binary_data_output") else binary_outputs
 
 
 def _parameters(doc: dict, what: str) -> dict:
