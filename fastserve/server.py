@@ -11,7 +11,7 @@ from fastserve import metrics, tls
 from fastserve.auth import TokenAuth
 from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import Scheduler
-from fastserve.config import ConfigError, ModelConfig, ServerConfig, check_model_root, read_model_list
+from fastserve.config import BatchingConfig, ConfigError, ModelConfig, ServerConfig, check_model_root, read_model_list
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.manager import ModelManager
@@ -51,7 +51,7 @@ class Server:
         self.service = TFServingService(self.registry, self.monitor, examples, self.reload_models)
         self.health = Health(self.registry, self.manager.all_available, models_private=bool(config.auth_token))
         self.repository = ModelRepository(lambda: self.manager.models, self.monitor, self.reload_models, tuple(config.models))
-        self.v2 = V2Service(self.registry, self.health, self.repository)
+        self.v2 = V2Service(self.registry, self.health, self.repository, self._model_settings)
         self.grpc_services = Services(self.registry, self.pipeline, self.service, self.v2, self.health)
         self._reload_lock = threading.Lock()  # one reload at a time, whoever asks
         self.auth = TokenAuth(config.auth_token, config.admin_token)
@@ -108,6 +108,10 @@ class Server:
         await stopping.wait()
         await self._shutdown()
         return 0
+
+    def _model_settings(self, name: str) -> tuple[ModelConfig, BatchingConfig | None] | None:
+        model = next((m for m in self.manager.models if m.name == name), None)
+        return None if model is None else (model, self.config.batching_for(model))
 
     # ------------------------------------------------------------ runtime reload
 

@@ -3,7 +3,7 @@
 #   Debian packages: libgrpc++-dev + pkg-config build the native gRPC transport (without
 #   them fastserve still installs and serves gRPC on grpc.aio); nginx is used by the
 #   multi-replica test; nghttp2-client (nghttp, h2load) sends already-expired gRPC calls in the
-#   transport tests.
+#   transport tests; libb64-0d is what tritonclient's perf_analyzer links (tests run it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,7 +12,7 @@ SUDO=""
 if command -v apt-get >/dev/null; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    libgrpc++-dev pkg-config nginx nghttp2-client >/dev/null
+    libgrpc++-dev pkg-config nginx nghttp2-client libb64-0d >/dev/null
 fi
 
 python3 -m venv .venv

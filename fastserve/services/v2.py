@@ -7,6 +7,7 @@ An infer request is an inference call (V2Call) through the same pipeline as the 
 Serving API: same servables, batching and errors.
 """
 import asyncio
+from typing import Callable
 
 import numpy as np
 from google.protobuf import json_format
@@ -14,6 +15,7 @@ from google.protobuf import json_format
 import fastserve
 from fastserve import dtypes, protos
 from fastserve.codec import v2 as v2_codec
+from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
 from fastserve.pipeline.call import Inference, InferenceCall
 from fastserve.servables.registry import Registry, ServableHandle
@@ -22,6 +24,7 @@ from fastserve.services.health import Health
 from fastserve.services.repository import ModelRepository
 
 PLATFORM = "tensorflow_savedmodel"
+BACKEND = "tensorflow"
 SERVICE = "/inference.GRPCInferenceService/"
 
 pb = protos.inference()
@@ -87,11 +90,17 @@ class GrpcV2Call(V2Call):
         return response.SerializeToString()
 
 
+# A served model's configuration and its batching (None: not batched), by name; None if not configured.
+Settings = Callable[[str], "tuple[ModelConfig, BatchingConfig | None] | None"]
+
+
 class V2Service:
-    def __init__(self, registry: Registry, health: Health, repository: ModelRepository | None = None):
+    def __init__(self, registry: Registry, health: Health, repository: ModelRepository | None = None,
+                 settings: Settings = lambda name: None):
         self._registry = registry
         self.health = health
         self.repository = repository  # the model repository extension, where the server has one
+        self._settings = settings
 
     def grpc_methods(self) -> dict:
         methods = {
@@ -101,6 +110,7 @@ class V2Service:
             SERVICE + "ServerMetadata": (pb.ServerMetadataRequest, lambda _: pb.ServerMetadataResponse(**self.server_metadata())),
             SERVICE + "ModelMetadata": (pb.ModelMetadataRequest, self._grpc_model_metadata),
             SERVICE + "ModelInfer": Inference(pb.ModelInferRequest, GrpcV2Call),
+            SERVICE + "ModelConfig": (pb.ModelConfigRequest, self._grpc_model_config),
         }
         if self.repository is not None:
             methods.update({
@@ -113,7 +123,7 @@ class V2Service:
     # ------------------------------------------------------------ shared steps
 
     def server_metadata(self) -> dict:
-        extensions = ["binary_tensor_data"] + (["model_repository"] if self.repository is not None else [])
+        extensions = ["binary_tensor_data", "model_configuration"] + (["model_repository"] if self.repository is not None else [])
         return {"name": "fastserve", "version": fastserve.__version__, "extensions": extensions}
 
     async def load(self, name: str) -> None:
@@ -140,6 +150,31 @@ class V2Service:
                 "outputs": [_tensor_metadata(spec) for _, spec in sorted(signature.outputs.items())],
             }
 
+    def model_config(self, name: str, version: str) -> dict:
+        """Triton's ModelConfig (as JSON) of what fastserve serves: its serving_default signature,
+        batching, placement and version policy."""
+        with self.lookup(name, version) as handle:
+            signature = _signature(handle, "")
+        model, batching = self._settings(name) or (None, None)
+        batched = batching is not None and signature.batchable
+        config = {
+            "name": name,
+            "platform": PLATFORM,
+            "backend": BACKEND,
+            "max_batch_size": batching.max_batch_size if batched else 0,
+            "input": [_config_tensor(spec, batched) for _, spec in sorted(signature.inputs.items())],
+            "output": [_config_tensor(spec, batched) for _, spec in sorted(signature.outputs.items())],
+            "instance_group": _instance_groups(name, model),
+        }
+        if model is not None:
+            config["version_policy"] = _version_policy(model)
+        if batched:
+            config["dynamic_batching"] = {
+                "preferred_batch_size": list(batching.allowed_batch_sizes),
+                "max_queue_delay_microseconds": batching.batch_timeout_micros,
+            }
+        return config
+
     # ------------------------------------------------------------ gRPC
 
     def _grpc_model_ready(self, request) -> "pb.ModelReadyResponse":
@@ -147,6 +182,9 @@ class V2Service:
 
     def _grpc_model_metadata(self, request) -> "pb.ModelMetadataResponse":
         return json_format.ParseDict(self.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
+
+    def _grpc_model_config(self, request) -> "pb.ModelConfigResponse":
+        return pb.ModelConfigResponse(config=json_format.ParseDict(self.model_config(request.name, request.version), pb.ModelConfig()))
 
     def _grpc_repository_index(self, request) -> "pb.RepositoryIndexResponse":
         return json_format.ParseDict({"models": self.repository.index(request.ready)}, pb.RepositoryIndexResponse())
@@ -187,3 +225,34 @@ def _v2_name(dtype_enum: int) -> str:
 
 def _tensor_metadata(spec: TensorSpec) -> dict:
     return {"name": spec.key, "datatype": _v2_name(spec.dtype), "shape": list(spec.shape) if spec.shape is not None else [-1]}
+
+
+def _config_tensor(spec: TensorSpec, batched: bool) -> dict:
+    """An input or output of the ModelConfig: dims without the batch dimension when batched."""
+    dims = list(spec.shape) if spec.shape is not None else [-1]
+    datatype = _v2_name(spec.dtype)
+    return {"name": spec.key, "data_type": "TYPE_" + ("STRING" if datatype == "BYTES" else datatype), "dims": dims[1:] if batched else dims}
+
+
+def _instance_groups(name: str, model: ModelConfig | None) -> list[dict]:
+    """A group per device the model is pinned to; else one that TensorFlow places (KIND_MODEL)."""
+    if model is None or not model.devices:
+        return [{"name": name, "kind": "KIND_MODEL", "count": 1}]
+    groups = []
+    for device in model.devices:
+        kind, _, index = device.rsplit("/", 1)[-1].upper().removeprefix("DEVICE:").partition(":")
+        group = {"name": f"{name}_{kind.lower()}_{index or 0}", "kind": "KIND_GPU" if kind == "GPU" else "KIND_CPU",
+                 "count": model.instances_per_device}
+        if kind == "GPU":
+            group["gpus"] = [int(index or 0)]
+        groups.append(group)
+    return groups
+
+
+def _version_policy(model: ModelConfig) -> dict:
+    policy = model.version_policy
+    if policy.kind == "all":
+        return {"all": {}}
+    if policy.kind == "specific":
+        return {"specific": {"versions": list(policy.versions)}}
+    return {"latest": {"num_versions": policy.num_versions}}

@@ -4,6 +4,7 @@
     GET  /v2/health/live, /v2/health/ready          liveness, readiness (Kubernetes probes)
     GET  /v2/models/{m}[/versions/{v}]              model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready        model readiness
+    GET  /v2/models/{m}[/versions/{v}]/config       the model configuration extension
     POST /v2/models/{m}[/versions/{v}]/infer        inference: JSON tensors, or the binary
                                                     tensor data extension
     POST /v2/repository/index                       the model repository extension: index,
@@ -28,7 +29,7 @@ from fastserve.services.rest_messages import Request, Response
 
 HEADER_LENGTH = "inference-header-content-length"
 _REPOSITORY_RE = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
-_MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer))?")
+_MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config))?")
 
 
 def _json(document, status: int = 200) -> Response:
@@ -83,6 +84,8 @@ class V2Rest:
         name, version, action = unquote(match.group(1)), unquote(match.group(2) or ""), match.group(3)
         if method == "GET" and action is None:
             return _json(self._service.model_metadata(name, version))
+        if method == "GET" and action == "config":
+            return _json(self._service.model_config(name, version))
         if method == "GET" and action == "ready":
             ready = self._service.model_ready(name, version)
             return _json({"name": name, "ready": ready}, 200 if ready else 503)

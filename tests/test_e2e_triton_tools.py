@@ -1,0 +1,135 @@
+"""Triton's own tools against fastserve: tritonclient's model configuration calls, and
+perf_analyzer (from the tritonclient wheel) in triton mode over gRPC and HTTP and in
+tfserving mode, for models with FP32, INT64, BOOL and BYTES inputs.
+
+perf_analyzer links libb64 (Debian's libb64-0d) and the CUDA runtime (the PyPI package
+nvidia-cuda-runtime-cu12, found through LD_LIBRARY_PATH): scripts/install.sh installs both.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as triton_grpc
+import tritonclient.http as triton_http
+
+from tests.conftest import EXAMPLE_MODELS
+from tests.test_e2e_metrics import scrape, value
+
+PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"
+
+
+@pytest.fixture(scope="module")
+def server(start_server, tmp_path_factory):
+    config = tmp_path_factory.mktemp("triton") / "models.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
+        "    version_policy: {all: {}}\n"
+        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000, allowed_batch_sizes: [4, 8]}\n"
+        "    devices: ['CPU:0']\n    instances_per_device: 2\n"
+        f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
+        f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
+    )
+    return start_server([f"--config={config}"])
+
+
+EXPECTED_HALF_PLUS_TWO = {
+    "name": "half_plus_two",
+    "platform": "tensorflow_savedmodel",
+    "backend": "tensorflow",
+    "max_batch_size": 8,
+    "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}],  # [-1, 1] less its batch dimension
+    "output": [{"name": "y", "data_type": "TYPE_FP32", "dims": [1]}],
+    "instance_group": [{"name": "half_plus_two_cpu_0", "kind": "KIND_CPU", "count": 2}],
+    "version_policy": {"all": {}},
+    "dynamic_batching": {"preferred_batch_size": [4, 8], "max_queue_delay_microseconds": 1000},
+}
+
+
+def test_model_config_over_http_and_grpc(server):
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    assert http.get_model_config("half_plus_two") == EXPECTED_HALF_PLUS_TWO
+    assert http.get_model_config("half_plus_two", "1") == EXPECTED_HALF_PLUS_TWO
+    assert "model_configuration" in http.get_server_metadata()["extensions"]
+    multi_io = http.get_model_config("multi_io")
+    assert multi_io["max_batch_size"] == 0  # not batched: dims are whole shapes
+    assert multi_io["input"] == [
+        {"name": "a", "data_type": "TYPE_FP32", "dims": [-1, 2]},
+        {"name": "b", "data_type": "TYPE_INT64", "dims": [-1]},
+        {"name": "tag", "data_type": "TYPE_STRING", "dims": [-1]},
+    ]
+    assert multi_io["instance_group"] == [{"name": "multi_io", "kind": "KIND_MODEL", "count": 1}]
+    assert "dynamic_batching" not in multi_io
+
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    config = grpc_client.get_model_config("half_plus_two").config
+    assert (config.name, config.platform, config.max_batch_size) == ("half_plus_two", "tensorflow_savedmodel", 8)
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [("x", 11, [1])]  # 11: TYPE_FP32
+    assert list(config.dynamic_batching.preferred_batch_size) == [4, 8]
+    assert config.version_policy.WhichOneof("policy_choice") == "all"
+    assert grpc_client.get_model_config("bool_mask").config.input[0].data_type == 1  # TYPE_BOOL
+
+
+def test_model_config_of_an_unknown_model(server):
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    with pytest.raises(triton_http.InferenceServerException) as err:
+        http.get_model_config("nope")
+    assert "nope" in err.value.message()
+    with pytest.raises(triton_grpc.InferenceServerException) as err:
+        triton_grpc.InferenceServerClient(server.grpc_target).get_model_config("nope")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_v2_grpc_calls_are_counted_under_their_model(server):
+    before = value(scrape(server), ":tensorflow:serving:request_count_total", model_name="multi_io", status="OK")
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    client.get_model_metadata("multi_io")
+    client.get_model_config("multi_io")
+    client.is_model_ready("multi_io")
+    assert value(scrape(server), ":tensorflow:serving:request_count_total", model_name="multi_io", status="OK") == before + 3
+
+
+def perf_analyzer_runs() -> str | None:
+    """Why perf_analyzer cannot run here, or None."""
+    if not PERF_ANALYZER.exists():
+        return "no perf_analyzer in the environment (tritonclient's wheel ships it)"
+    try:
+        import nvidia.cuda_runtime
+    except ImportError:
+        return "nvidia-cuda-runtime-cu12 is not installed"
+    env = {**os.environ, "LD_LIBRARY_PATH": str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")}
+    missing = subprocess.run(["ldd", str(PERF_ANALYZER)], capture_output=True, text=True, env=env).stdout
+    if "not found" in missing:
+        return "perf_analyzer's libraries are missing: " + " ".join(re.findall(r"(\S+) => not found", missing))
+    return None
+
+
+MODELS = {  # model -> perf_analyzer's shape arguments (dimensions the config leaves free)
+    "half_plus_two": ["-b", "2"],
+    "multi_io": ["--shape", "a:1,2", "--shape", "b:1", "--shape", "tag:1"],
+    "bool_mask": ["--shape", "flag:3", "--shape", "x:3"],
+}
+
+
+@pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
+@pytest.mark.parametrize("mode", ["triton-grpc", "triton-http", "tfserving-grpc"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_perf_analyzer(server, mode, model):
+    why = perf_analyzer_runs()
+    if why:
+        pytest.skip(why)
+    import nvidia.cuda_runtime
+
+    kind, protocol = mode.split("-")
+    port = server.grpc_port if protocol == "grpc" else server.rest_port
+    command = [str(PERF_ANALYZER), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol, f"--service-kind={kind}",
+               "--measurement-interval", "300", "--max-trials", "3", "--stability-percentage", "999", *MODELS[model]]
+    env = {**os.environ, "LD_LIBRARY_PATH": str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    throughput = float(re.search(r"throughput: ([\d.]+) infer/sec", result.stdout).group(1))
+    assert throughput > 0
