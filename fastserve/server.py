@@ -7,7 +7,7 @@ import threading
 import uvloop
 from grpc import StatusCode
 
-from fastserve import metrics, tls
+from fastserve import metrics, statistics, tls
 from fastserve.auth import TokenAuth
 from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import Scheduler
@@ -45,6 +45,7 @@ class Server:
             metrics.export_batching(self.scheduler.stats)
         else:
             metrics.disable_request_metrics()
+        self.scheduler.stats.add_observer(statistics.batch_ran)
         self.manager.unload_listeners.append(self.scheduler.release_version)
         self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements)
         examples = ExampleInference(self.registry, self.pipeline)

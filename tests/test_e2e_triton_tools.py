@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
 import tritonclient.http as triton_http
@@ -91,6 +92,51 @@ def test_v2_grpc_calls_are_counted_under_their_model(server):
     client.get_model_config("multi_io")
     client.is_model_ready("multi_io")
     assert value(scrape(server), ":tensorflow:serving:request_count_total", model_name="multi_io", status="OK") == before + 3
+
+
+def infer_half_plus_two(client, module, rows: int):
+    x = module.InferInput("x", [rows, 1], "FP32")
+    x.set_data_from_numpy(np.arange(rows, dtype=np.float32).reshape(rows, 1))
+    return client.infer("half_plus_two", [x])
+
+
+def test_statistics(server):
+    http = triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}")
+    grpc_client = triton_grpc.InferenceServerClient(server.grpc_target)
+    before = http.get_inference_statistics("half_plus_two")["model_stats"][0]
+    for rows in (1, 2, 3):
+        infer_half_plus_two(http, triton_http, rows)
+        infer_half_plus_two(grpc_client, triton_grpc, rows)
+    bad = triton_http.InferInput("x", [1, 1], "INT64")  # the model takes FP32
+    bad.set_data_from_numpy(np.zeros((1, 1), np.int64))
+    with pytest.raises(triton_http.InferenceServerException):
+        http.infer("half_plus_two", [bad])
+
+    after = http.get_inference_statistics("half_plus_two", "1")["model_stats"][0]
+    assert (after["name"], after["version"]) == ("half_plus_two", "1")
+    stats, old = after["inference_stats"], before["inference_stats"]
+    assert stats["success"]["count"] - old["success"]["count"] == 6
+    assert stats["fail"]["count"] - old["fail"]["count"] == 1
+    assert after["inference_count"] - before["inference_count"] == 12  # rows
+    for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert stats[part]["count"] - old[part]["count"] == 6, part
+        assert stats[part]["ns"] > old[part]["ns"], part
+    assert stats["success"]["ns"] - old["success"]["ns"] >= stats["compute_infer"]["ns"] - old["compute_infer"]["ns"]
+    assert after["execution_count"] - before["execution_count"] in range(3, 7)  # requests may share a batch
+    sizes = {b["batch_size"]: b["compute_infer"]["count"] for b in after["batch_stats"]}
+    assert sum(sizes.values()) == after["execution_count"] and set(sizes) <= set(range(1, 9))
+    assert after["last_inference"] > 0
+
+    grpc_stats = grpc_client.get_inference_statistics("half_plus_two").model_stats[0]
+    assert grpc_stats.inference_stats.success.count >= stats["success"]["count"]
+    every = http.get_inference_statistics()["model_stats"]
+    assert {(m["name"], m["version"]) for m in every} == {("half_plus_two", "1"), ("multi_io", "1"), ("bool_mask", "1")}
+    with pytest.raises(triton_http.InferenceServerException) as err:
+        http.get_inference_statistics("nope")
+    assert "nope" in err.value.message()
+    with pytest.raises(triton_grpc.InferenceServerException) as err:
+        grpc_client.get_inference_statistics("half_plus_two", "7")
+    assert err.value.status() == "StatusCode.NOT_FOUND"
 
 
 def perf_analyzer_runs() -> str | None:

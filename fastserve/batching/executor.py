@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from grpc import StatusCode
 
-from fastserve import metrics
+from fastserve import metrics, statistics
 from fastserve.errors import ServingError
 from fastserve.pipeline.member import Answer, Member, cancelled, expired
 from fastserve.servables.registry import ServableHandle
@@ -41,7 +41,9 @@ class Executor:
             else:
                 started = time.perf_counter()
                 outputs = signature.run(member.inputs, output_keys)
-                series.ran(queued, started, time.perf_counter())
+                finished = time.perf_counter()
+                series.ran(queued, started, finished)
+                statistics.executed(servable.name, servable.version, member.rows or 1, [started - queued], finished - started)
         except ServingError as exc:
             error = exc
         except Exception as exc:  # noqa: BLE001 - a failing call must fail its request, never the thread

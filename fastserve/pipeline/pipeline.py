@@ -21,7 +21,7 @@ import time
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import limits, metrics
+from fastserve import limits, metrics, statistics
 from fastserve.errors import ServingError, internal
 from fastserve.logs import request_log
 from fastserve.pipeline.call import InferenceCall
@@ -119,7 +119,9 @@ class Pipeline:
         if len(live) < len(calls):
             self._finish([c for c in calls if c not in live], expired(), handle, signature)
         if live:
-            answer = functools.partial(self._answer, handle.servable, signature, time.perf_counter())
+            queued = time.perf_counter()
+            statistics.decoded(handle.name, handle.version, [queued - call.started for call in live])
+            answer = functools.partial(self._answer, handle.servable, signature, queued)
             self._scheduler.submit(handle, signature, live, output_keys, answer)
 
     def _answer(self, servable, signature: Signature, queued: float, calls: list[InferenceCall], outputs: dict | None,
@@ -129,11 +131,14 @@ class Pipeline:
         if error is not None:
             self._finish(calls, error, handle, signature)
             return
+        encoding = time.perf_counter()
         try:
             responses = type(calls[0]).encode_group(calls, handle, signature, outputs)
         except Exception:  # noqa: BLE001 - then each call on its own: one bad answer fails only its call
             responses = [_encoded(call, handle, signature, _rows(outputs, calls, i)) for i, call in enumerate(calls)]
-        self._finish(calls, None, handle, signature, responses, time.perf_counter() - queued)
+        encoded = time.perf_counter()
+        statistics.encoded(handle.name, handle.version, encoded - encoding)
+        self._finish(calls, None, handle, signature, responses, encoded - queued)
 
     def _finish(self, calls: list[InferenceCall], error: ServingError | None, handle: ServableHandle | None = None,
                 signature: Signature | None = None, responses: list | None = None, ran: float = 0.0) -> None:
@@ -144,8 +149,9 @@ class Pipeline:
         if first.entrypoint:  # a request of its own (not a part of one)
             model = first.model if self._registry.entry(first.model) is not None else metrics.UNKNOWN_MODEL
             request_series = metrics.request_series(first.entrypoint, first.api, model)
-        now = time.monotonic()
+        now, finished = time.monotonic(), time.perf_counter()
         counts: dict[StatusCode, int] = {}
+        ok_seconds, failed_seconds, ok_rows = [], [], 0
         sampled = first.entrypoint and request_log.sample_rate
         for i, call in enumerate(calls):
             if call.answered:
@@ -160,6 +166,11 @@ class Pipeline:
             if code is StatusCode.CANCELLED and call.deadline is not None and now >= call.deadline:
                 code = StatusCode.DEADLINE_EXCEEDED  # gRPC cancels a call whose deadline passed
             counts[code] = counts.get(code, 0) + 1
+            if code is StatusCode.OK:
+                ok_seconds.append(finished - call.started)
+                ok_rows += call.rows or 1
+            else:
+                failed_seconds.append(finished - call.started)
             if first.entrypoint:
                 seconds = request_series.observe(call.started)
                 if sampled:
@@ -179,6 +190,8 @@ class Pipeline:
                 request_series.count(code, count)
         if first.entrypoint and counts:
             metrics.in_flight(first.entrypoint).dec(sum(counts.values()))  # its transport counted them in
+        if handle is not None and counts:
+            statistics.requests_done(handle.name, handle.version, ok_seconds, failed_seconds, ok_rows)
 
 
 def _encoded(call: InferenceCall, handle, signature, outputs):

@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 
 import fastserve
-from fastserve import dtypes, protos
+from fastserve import dtypes, protos, statistics
 from fastserve.codec import v2 as v2_codec
 from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
@@ -111,6 +111,7 @@ class V2Service:
             SERVICE + "ModelMetadata": (pb.ModelMetadataRequest, self._grpc_model_metadata),
             SERVICE + "ModelInfer": Inference(pb.ModelInferRequest, GrpcV2Call),
             SERVICE + "ModelConfig": (pb.ModelConfigRequest, self._grpc_model_config),
+            SERVICE + "ModelStatistics": (pb.ModelStatisticsRequest, self._grpc_model_statistics),
         }
         if self.repository is not None:
             methods.update({
@@ -123,7 +124,7 @@ class V2Service:
     # ------------------------------------------------------------ shared steps
 
     def server_metadata(self) -> dict:
-        extensions = ["binary_tensor_data", "model_configuration"] + (["model_repository"] if self.repository is not None else [])
+        extensions = ["binary_tensor_data", "model_configuration", "statistics"] + (["model_repository"] if self.repository is not None else [])
         return {"name": "fastserve", "version": fastserve.__version__, "extensions": extensions}
 
     async def load(self, name: str) -> None:
@@ -175,6 +176,18 @@ class V2Service:
             }
         return config
 
+    def model_statistics(self, name: str, version: str) -> dict:
+        """Triton's statistics of the versions served: of every model ("" name), or of one
+        model's every version ("" version) or one version."""
+        if name:
+            with self.lookup(name, version) as handle:  # NOT_FOUND for what is not served
+                pass
+            versions = [handle.version] if version else sorted(self._registry.entry(name).versions)
+            served = [(name, v) for v in versions]
+        else:
+            served = [(n, v) for n in self._registry.names() for v in sorted(self._registry.entry(n).versions)]
+        return {"model_stats": [statistics.snapshot(n, v) for n, v in served]}
+
     # ------------------------------------------------------------ gRPC
 
     def _grpc_model_ready(self, request) -> "pb.ModelReadyResponse":
@@ -185,6 +198,9 @@ class V2Service:
 
     def _grpc_model_config(self, request) -> "pb.ModelConfigResponse":
         return pb.ModelConfigResponse(config=json_format.ParseDict(self.model_config(request.name, request.version), pb.ModelConfig()))
+
+    def _grpc_model_statistics(self, request) -> "pb.ModelStatisticsResponse":
+        return json_format.ParseDict(self.model_statistics(request.name, request.version), pb.ModelStatisticsResponse())
 
     def _grpc_repository_index(self, request) -> "pb.RepositoryIndexResponse":
         return json_format.ParseDict({"models": self.repository.index(request.ready)}, pb.RepositoryIndexResponse())

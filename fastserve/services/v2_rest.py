@@ -5,6 +5,7 @@
     GET  /v2/models/{m}[/versions/{v}]              model metadata
     GET  /v2/models/{m}[/versions/{v}]/ready        model readiness
     GET  /v2/models/{m}[/versions/{v}]/config       the model configuration extension
+    GET  /v2/models[/{m}[/versions/{v}]]/stats      the statistics extension
     POST /v2/models/{m}[/versions/{v}]/infer        inference: JSON tensors, or the binary
                                                     tensor data extension
     POST /v2/repository/index                       the model repository extension: index,
@@ -29,7 +30,7 @@ from fastserve.services.rest_messages import Request, Response
 
 HEADER_LENGTH = "inference-header-content-length"
 _REPOSITORY_RE = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
-_MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config))?")
+_MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config|stats))?")
 
 
 def _json(document, status: int = 200) -> Response:
@@ -76,6 +77,8 @@ class V2Rest:
             if path == "/v2/health/ready":
                 ready = self._service.health.ready()
                 return _json({"ready": ready}, 200 if ready else 503)
+            if path == "/v2/models/stats":
+                return _json(self._service.model_statistics("", ""))
         if method == "POST" and path.startswith("/v2/repository/") and self._service.repository is not None:
             return await self._repository(path, request.body)
         match = _MODEL_RE.fullmatch(path)
@@ -86,6 +89,8 @@ class V2Rest:
             return _json(self._service.model_metadata(name, version))
         if method == "GET" and action == "config":
             return _json(self._service.model_config(name, version))
+        if method == "GET" and action == "stats":
+            return _json(self._service.model_statistics(name, version))
         if method == "GET" and action == "ready":
             ready = self._service.model_ready(name, version)
             return _json({"name": name, "ready": ready}, 200 if ready else 503)
