@@ -2,7 +2,7 @@
 
 With a token configured, every request must carry `authorization: Bearer <token>`
 (an HTTP header, or gRPC metadata). The admin surface (model config reloads, V2
-repository load/unload) can require a separate admin token. Health checks stay open
+repository load/unload, shared memory regions) can require a separate admin token. Health checks stay open
 so load balancers and Kubernetes probes work without credentials.
 """
 import hmac
@@ -17,9 +17,15 @@ ADMIN_GRPC_METHODS = frozenset({
     "/inference.GRPCInferenceService/RepositoryIndex",
     "/inference.GRPCInferenceService/RepositoryModelLoad",
     "/inference.GRPCInferenceService/RepositoryModelUnload",
+    "/inference.GRPCInferenceService/SystemSharedMemoryStatus",
+    "/inference.GRPCInferenceService/SystemSharedMemoryRegister",
+    "/inference.GRPCInferenceService/SystemSharedMemoryUnregister",
+    "/inference.GRPCInferenceService/CudaSharedMemoryStatus",
+    "/inference.GRPCInferenceService/CudaSharedMemoryRegister",
+    "/inference.GRPCInferenceService/CudaSharedMemoryUnregister",
 })
 OPEN_GRPC_SERVICES = ("/grpc.health.v1.Health/",)
-ADMIN_REST_PREFIXES = ("/v2/repository",)
+ADMIN_REST_PREFIXES = ("/v2/repository", "/v2/systemsharedmemory", "/v2/cudasharedmemory")
 OPEN_REST_PREFIXES = ("/v2/health/",)
 
 

@@ -143,6 +143,12 @@ def test_metrics_need_the_token(mtls, pki):
     assert "fastserve_model_version_state" in response.text
 
 
+def test_shared_memory_regions_need_the_admin_token(mtls, pki):
+    assert rest(mtls, pki, "client", TOKEN, "/v2/systemsharedmemory/status").status_code == 401
+    response = rest(mtls, pki, "client", ADMIN_TOKEN, "/v2/systemsharedmemory/status")
+    assert (response.status_code, response.json()) == (200, [])
+
+
 def test_reload_needs_the_admin_token(mtls, pki):
     request = model_management_pb2.ReloadConfigRequest()
     for name in ("half_plus_two", "half_plus_three", "multi_io"):

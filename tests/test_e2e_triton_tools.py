@@ -1,6 +1,7 @@
-"""Triton's own tools against fastserve: tritonclient's model configuration calls, and
-perf_analyzer (from the tritonclient wheel) in triton mode over gRPC and HTTP and in
-tfserving mode, for models with FP32, INT64, BOOL and BYTES inputs.
+"""Triton's own tools against fastserve: tritonclient's model configuration, statistics and
+shared memory calls, and perf_analyzer (from the tritonclient wheel) in triton mode over
+gRPC and HTTP (with and without system shared memory) and in tfserving mode, for models
+with FP32, INT64, BOOL and BYTES inputs.
 
 perf_analyzer links libb64 (Debian's libb64-0d) and the CUDA runtime (the PyPI package
 nvidia-cuda-runtime-cu12, found through LD_LIBRARY_PATH): scripts/install.sh installs both.
@@ -162,7 +163,7 @@ MODELS = {  # model -> perf_analyzer's shape arguments (dimensions the config le
 
 
 @pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
-@pytest.mark.parametrize("mode", ["triton-grpc", "triton-http", "tfserving-grpc"])
+@pytest.mark.parametrize("mode", ["triton-grpc", "triton-http", "triton-grpc-shm", "triton-http-shm", "tfserving-grpc"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_perf_analyzer(server, mode, model):
     why = perf_analyzer_runs()
@@ -170,12 +171,69 @@ def test_perf_analyzer(server, mode, model):
         pytest.skip(why)
     import nvidia.cuda_runtime
 
-    kind, protocol = mode.split("-")
+    kind, protocol, *shm = mode.split("-")
     port = server.grpc_port if protocol == "grpc" else server.rest_port
     command = [str(PERF_ANALYZER), "-m", model, "-u", f"127.0.0.1:{port}", "-i", protocol, f"--service-kind={kind}",
                "--measurement-interval", "300", "--max-trials", "3", "--stability-percentage", "999", *MODELS[model]]
+    if shm:  # inputs and outputs in system shared memory regions perf_analyzer registers
+        command += ["--shared-memory", "system"]
     env = {**os.environ, "LD_LIBRARY_PATH": str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Unable to" not in result.stdout + result.stderr, result.stdout[-3000:] + result.stderr[-3000:]
     throughput = float(re.search(r"throughput: ([\d.]+) infer/sec", result.stdout).group(1))
     assert throughput > 0
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_system_shared_memory(server, protocol):
+    """tritonclient's shared memory utilities: inputs read from a region, outputs written to one."""
+    import tritonclient.utils.shared_memory as shm
+
+    module = triton_http if protocol == "http" else triton_grpc
+    client = (triton_http.InferenceServerClient(f"127.0.0.1:{server.rest_port}") if protocol == "http"
+              else triton_grpc.InferenceServerClient(server.grpc_target))
+    x = np.array([[1.0], [2.0], [3.0]], np.float32)
+    inputs_region = shm.create_shared_memory_region(f"in_{protocol}", f"/fastserve_test_in_{protocol}", 64)
+    outputs_region = shm.create_shared_memory_region(f"out_{protocol}", f"/fastserve_test_out_{protocol}", 64)
+    try:
+        shm.set_shared_memory_region(inputs_region, [x])
+        client.register_system_shared_memory(f"in_{protocol}", f"/fastserve_test_in_{protocol}", 64)
+        client.register_system_shared_memory(f"out_{protocol}", f"/fastserve_test_out_{protocol}", 64, offset=0)
+        status = client.get_system_shared_memory_status()
+        names = {r["name"] for r in status} if protocol == "http" else set(status.regions)
+        assert {f"in_{protocol}", f"out_{protocol}"} <= names
+
+        tensor = module.InferInput("x", [3, 1], "FP32")
+        tensor.set_shared_memory(f"in_{protocol}", x.nbytes)
+        wanted = module.InferRequestedOutput("y") if protocol == "grpc" else module.InferRequestedOutput("y", binary_data=True)
+        wanted.set_shared_memory(f"out_{protocol}", 12, offset=4)
+        result = client.infer("half_plus_two", [tensor], outputs=[wanted])
+        output = result.get_output("y")
+        size = output["parameters"]["shared_memory_byte_size"] if protocol == "http" else output.parameters["shared_memory_byte_size"].int64_param
+        assert size == 12
+        y = shm.get_contents_as_numpy(outputs_region, np.float32, [3, 1], offset=4)
+        assert y.tolist() == [[2.5], [3.0], [3.5]]
+
+        # clear errors: an unknown region, a size beyond the region, a duplicate name
+        tensor.set_shared_memory("nope", x.nbytes)
+        with pytest.raises(module.InferenceServerException) as err:
+            client.infer("half_plus_two", [tensor])
+        assert "unable to find shared memory region 'nope'" in err.value.message()
+        tensor.set_shared_memory(f"in_{protocol}", 12, offset=60)
+        with pytest.raises(module.InferenceServerException) as err:
+            client.infer("half_plus_two", [tensor])
+        assert "is beyond the 64 bytes" in err.value.message()
+        with pytest.raises(module.InferenceServerException) as err:
+            client.register_system_shared_memory(f"in_{protocol}", f"/fastserve_test_in_{protocol}", 64)
+        assert "already registered" in err.value.message()
+        with pytest.raises(module.InferenceServerException) as err:
+            client.register_system_shared_memory("bad", "/../etc/passwd", 8)
+        assert "is not a shm_open name" in err.value.message()
+    finally:
+        client.unregister_system_shared_memory(f"in_{protocol}")
+        client.unregister_system_shared_memory(f"out_{protocol}")
+        shm.destroy_shared_memory_region(inputs_region)
+        shm.destroy_shared_memory_region(outputs_region)
+    status = client.get_system_shared_memory_status()
+    assert not ({r["name"] for r in status} if protocol == "http" else set(status.regions)) & {f"in_{protocol}", f"out_{protocol}"}

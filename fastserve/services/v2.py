@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 
 import fastserve
-from fastserve import dtypes, protos, statistics
+from fastserve import dtypes, protos, shared_memory, statistics
 from fastserve.codec import v2 as v2_codec
 from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
@@ -34,14 +34,15 @@ class V2Call(InferenceCall):
     """A decoded infer request, whatever the wire form (the inputs are typed on the wire:
     decoded before the model is looked up). Subclasses write the response."""
 
-    __slots__ = ("id", "_decoded")
+    __slots__ = ("id", "_decoded", "shm_outputs")
     api = "ModelInfer"
 
     def __init__(self, model: str, version: str, request_id: str, inputs: dict[str, np.ndarray], outputs: list[str],
-                 signature_name: str):
+                 signature_name: str, shm_outputs: dict[str, shared_memory.Placement]):
         super().__init__(model, _version_number(version), None, signature_name or DEFAULT_SIGNATURE, outputs)
         self.id = request_id
         self._decoded = inputs
+        self.shm_outputs = shm_outputs  # outputs to write into shared memory, not into the response
 
     def missing_signature(self, handle: ServableHandle) -> ServingError:
         return _missing_signature(handle, self.signature_key)
@@ -65,28 +66,43 @@ class GrpcV2Call(V2Call):
     __slots__ = ()
 
     def __init__(self, request):
-        raw = request.raw_input_contents
-        if raw and len(raw) != len(request.inputs):
+        places = {t.name: shared_memory.placement(_plain(t.parameters), t.name) for t in request.inputs}
+        raw = list(request.raw_input_contents)
+        in_messages = sum(1 for place in places.values() if place is None)  # the others are in shared memory
+        if raw and len(raw) != in_messages:
             raise invalid_argument(
-                f"raw_input_contents has {len(raw)} entries but the request has {len(request.inputs)} inputs: "
-                "send one entry per input, in order, or none"
+                f"raw_input_contents has {len(raw)} entries but the request has {in_messages} inputs outside shared "
+                "memory: send one entry per such input, in order, or none"
             )
         inputs = {}
-        for i, tensor in enumerate(request.inputs):
+        for tensor in request.inputs:
             if tensor.name in inputs:
                 raise invalid_argument(f"input '{tensor.name}' appears more than once")
-            if raw:
-                inputs[tensor.name] = v2_codec.from_raw(raw[i], tensor.datatype, tensor.shape, tensor.name)
+            place = places[tensor.name]
+            if place is not None:
+                data = shared_memory.regions.read(place, tensor.name)
+                inputs[tensor.name] = v2_codec.from_raw(data, tensor.datatype, tensor.shape, tensor.name)
+            elif raw:
+                inputs[tensor.name] = v2_codec.from_raw(raw.pop(0), tensor.datatype, tensor.shape, tensor.name)
             else:
                 inputs[tensor.name] = v2_codec.from_contents(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
+        shm_outputs = {o.name: place for o in request.outputs if (place := shared_memory.placement(_plain(o.parameters), o.name))}
         signature = request.parameters["signature_name"].string_param if "signature_name" in request.parameters else ""
-        super().__init__(request.model_name, request.model_version, request.id, inputs, [o.name for o in request.outputs], signature)
+        super().__init__(request.model_name, request.model_version, request.id, inputs, [o.name for o in request.outputs], signature,
+                         shm_outputs)
 
     def encode(self, handle: ServableHandle, signature: Signature, outputs: dict[str, np.ndarray]) -> bytes:
         response = pb.ModelInferResponse(model_name=handle.name, model_version=str(handle.version), id=self.id)
         for name, array in outputs.items():
-            response.outputs.add(name=name, datatype=v2_codec.datatype_of(array, name), shape=array.shape)
-            response.raw_output_contents.append(v2_codec.to_raw(array))
+            tensor = response.outputs.add(name=name, datatype=v2_codec.datatype_of(array, name), shape=array.shape)
+            raw = v2_codec.to_raw(array)
+            place = self.shm_outputs.get(name)
+            if place is not None:  # written there; an empty entry keeps raw_output_contents in step with outputs
+                shared_memory.regions.write(place, raw, name)
+                tensor.parameters[shared_memory.REGION].string_param = place.region
+                tensor.parameters[shared_memory.SIZE].int64_param = len(raw)
+                raw = b""
+            response.raw_output_contents.append(raw)
         return response.SerializeToString()
 
 
@@ -112,6 +128,12 @@ class V2Service:
             SERVICE + "ModelInfer": Inference(pb.ModelInferRequest, GrpcV2Call),
             SERVICE + "ModelConfig": (pb.ModelConfigRequest, self._grpc_model_config),
             SERVICE + "ModelStatistics": (pb.ModelStatisticsRequest, self._grpc_model_statistics),
+            SERVICE + "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, self._grpc_shm_status),
+            SERVICE + "SystemSharedMemoryRegister": (pb.SystemSharedMemoryRegisterRequest, self._grpc_shm_register),
+            SERVICE + "SystemSharedMemoryUnregister": (pb.SystemSharedMemoryUnregisterRequest, self._grpc_shm_unregister),
+            SERVICE + "CudaSharedMemoryStatus": (pb.CudaSharedMemoryStatusRequest, self._grpc_cuda_shm_status),
+            SERVICE + "CudaSharedMemoryRegister": (pb.CudaSharedMemoryRegisterRequest, self._grpc_cuda_shm_register),
+            SERVICE + "CudaSharedMemoryUnregister": (pb.CudaSharedMemoryUnregisterRequest, lambda _: pb.CudaSharedMemoryUnregisterResponse()),
         }
         if self.repository is not None:
             methods.update({
@@ -124,7 +146,7 @@ class V2Service:
     # ------------------------------------------------------------ shared steps
 
     def server_metadata(self) -> dict:
-        extensions = ["binary_tensor_data", "model_configuration", "statistics"] + (["model_repository"] if self.repository is not None else [])
+        extensions = ["binary_tensor_data", "model_configuration", "statistics", "system_shared_memory"] + (["model_repository"] if self.repository is not None else [])
         return {"name": "fastserve", "version": fastserve.__version__, "extensions": extensions}
 
     async def load(self, name: str) -> None:
@@ -202,6 +224,25 @@ class V2Service:
     def _grpc_model_statistics(self, request) -> "pb.ModelStatisticsResponse":
         return json_format.ParseDict(self.model_statistics(request.name, request.version), pb.ModelStatisticsResponse())
 
+    def _grpc_shm_status(self, request) -> "pb.SystemSharedMemoryStatusResponse":
+        regions = shared_memory.regions.status(request.name)
+        return json_format.ParseDict({"regions": {r["name"]: r for r in regions}}, pb.SystemSharedMemoryStatusResponse())
+
+    def _grpc_shm_register(self, request) -> "pb.SystemSharedMemoryRegisterResponse":
+        shared_memory.regions.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    def _grpc_shm_unregister(self, request) -> "pb.SystemSharedMemoryUnregisterResponse":
+        shared_memory.regions.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    def _grpc_cuda_shm_status(self, request) -> "pb.CudaSharedMemoryStatusResponse":
+        shared_memory.no_cuda_regions(request.name)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    def _grpc_cuda_shm_register(self, request) -> "pb.CudaSharedMemoryRegisterResponse":
+        shared_memory.refuse_cuda_region()
+
     def _grpc_repository_index(self, request) -> "pb.RepositoryIndexResponse":
         return json_format.ParseDict({"models": self.repository.index(request.ready)}, pb.RepositoryIndexResponse())
 
@@ -212,6 +253,11 @@ class V2Service:
     async def _grpc_repository_unload(self, request) -> "pb.RepositoryModelUnloadResponse":
         await self.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _plain(parameters) -> dict:
+    """A map of InferParameter as plain values."""
+    return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param") for key, value in parameters.items()}
 
 
 def _version_number(version: str) -> int | None:

@@ -10,6 +10,10 @@
                                                     tensor data extension
     POST /v2/repository/index                       the model repository extension: index,
     POST /v2/repository/models/{m}/load|unload      load, unload
+    GET  /v2/systemsharedmemory[/region/{r}]/status the system shared memory extension:
+    POST /v2/systemsharedmemory/region/{r}/register regions' status, register ({key, offset,
+    POST /v2/systemsharedmemory[/region/{r}]/unregister  byte_size}), unregister; the same under
+                                                    /v2/cudasharedmemory has no regions
 
 Binary extension: the request's Inference-Header-Content-Length header gives the size of
 the leading JSON; inputs with parameters.binary_data_size take their bytes, in order,
@@ -21,6 +25,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from fastserve import shared_memory
 from fastserve.codec import json_tensor, v2 as v2_codec
 from fastserve.errors import invalid_argument, not_found
 from fastserve.servables.registry import ServableHandle
@@ -30,6 +35,7 @@ from fastserve.services.rest_messages import Request, Response
 
 HEADER_LENGTH = "inference-header-content-length"
 _REPOSITORY_RE = re.compile(r"/v2/repository/models/([^/]+)/(load|unload)")
+_SHM_RE = re.compile(r"/v2/(system|cuda)sharedmemory(?:/region/([^/]+))?/(status|register|unregister)")
 _MODEL_RE = re.compile(r"/v2/models/([^/]+)(?:/versions/([^/]+))?(?:/(ready|infer|config|stats))?")
 
 
@@ -51,7 +57,7 @@ class RestV2Call(V2Call):
         super().__init__(name, version, *fields)
 
     def encode(self, handle: ServableHandle, signature: Signature, outputs: dict) -> Response:
-        return _encode_response(handle, self.id, outputs, self._binary_outputs)
+        return _encode_response(handle, self.id, outputs, self._binary_outputs, self.shm_outputs)
 
 
 class V2Rest:
@@ -81,6 +87,8 @@ class V2Rest:
                 return _json(self._service.model_statistics("", ""))
         if method == "POST" and path.startswith("/v2/repository/") and self._service.repository is not None:
             return await self._repository(path, request.body)
+        if path.startswith(("/v2/systemsharedmemory/", "/v2/cudasharedmemory/")):
+            return _shared_memory(method, path, request.body)
         match = _MODEL_RE.fullmatch(path)
         if match is None:
             raise not_found(f"Not found: {method} {request.path}")
@@ -107,6 +115,30 @@ class V2Rest:
         name, action = unquote(match.group(1)), match.group(2)
         await (self._service.load(name) if action == "load" else self._service.unload(name))
         return _json({})
+
+
+def _shared_memory(method: str, path: str, body: bytes) -> Response:
+    match = _SHM_RE.fullmatch(path)
+    kind, name, action = (match.group(1), unquote(match.group(2) or ""), match.group(3)) if match else ("", "", "")
+    if match is None or (method, action) not in (("GET", "status"), ("POST", "register"), ("POST", "unregister")):
+        raise not_found(f"Not found: {method} {path}")
+    if kind == "cuda":  # none can be registered; status and unregistering answer as for no regions
+        if action == "register":
+            shared_memory.refuse_cuda_region()
+        return _json(shared_memory.no_cuda_regions(name) if action == "status" else {})
+    if action == "status":
+        return _json(shared_memory.regions.status(name))
+    if action == "unregister":
+        shared_memory.regions.unregister(name)
+        return _json({})
+    doc = json_tensor.loads(body) if body.strip() else {}
+    if not name or not isinstance(doc, dict):
+        raise invalid_argument("register: POST /v2/systemsharedmemory/region/{name}/register with {key, offset, byte_size}")
+    key, offset, size = doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
+    if not isinstance(key, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size)):
+        raise invalid_argument("register: 'key' must be a string, 'offset' and 'byte_size' integers")
+    shared_memory.regions.register(name, key, offset, size)
+    return _json({})
 
 
 def _split_body(request: Request) -> tuple[bytes, bytes]:
@@ -145,8 +177,12 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
             raise invalid_argument(f"input '{tensor_name}': 'shape' must be a list of integers")
         if tensor_name in inputs:
             raise invalid_argument(f"input '{tensor_name}' appears more than once")
-        size = _parameters(tensor, f"input '{tensor_name}'").get("binary_data_size")
-        if size is not None:
+        tensor_parameters = _parameters(tensor, f"input '{tensor_name}'")
+        size = tensor_parameters.get("binary_data_size")
+        place = shared_memory.placement(tensor_parameters, tensor_name)
+        if place is not None:
+            inputs[tensor_name] = v2_codec.from_raw(shared_memory.regions.read(place, tensor_name), datatype, shape, tensor_name)
+        elif size is not None:
             if not isinstance(size, int) or size < 0:
                 raise invalid_argument(f"input '{tensor_name}': binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
@@ -162,7 +198,7 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
             raise invalid_argument(f"input '{tensor_name}': has neither 'data' nor parameters.binary_data_size")
     if offset != len(binary):
         raise invalid_argument(f"the request body has {len(binary) - offset} bytes of binary data no input claims")
-    outputs, binary_outputs = [], set()
+    outputs, binary_outputs, shm_outputs = [], set(), {}
     requested = doc.get("outputs") or []
     if not isinstance(requested, list):
         raise invalid_argument("'outputs' must be a list of the outputs wanted")
@@ -170,15 +206,19 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
         if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
             raise invalid_argument("each requested output must be an object with a 'name'")
         outputs.append(tensor["name"])
-        if _parameters(tensor, f"output '{tensor['name']}'").get("binary_data"):
+        output_parameters = _parameters(tensor, f"output '{tensor['name']}'")
+        if output_parameters.get("binary_data"):
             binary_outputs.add(tensor["name"])
+        place = shared_memory.placement(output_parameters, tensor["name"])
+        if place is not None:
+            shm_outputs[tensor["name"]] = place
     signature = parameters.get("signature_name", "")
     if not isinstance(signature, str):
         raise invalid_argument("parameters.signature_name must be a string")
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):  # (str() of a list nested 1,000 deep raised RecursionError)
         raise invalid_argument("'id' must be a string")
-    return (request_id, inputs, outputs, signature), True if parameters.get("binary_data_output") else binary_outputs
+    return (request_id, inputs, outputs, signature, shm_outputs), True if parameters.get("binary_data_output") else binary_outputs
 
 
 def _parameters(doc: dict, what: str) -> dict:
@@ -188,11 +228,18 @@ def _parameters(doc: dict, what: str) -> dict:
     return parameters
 
 
-def _encode_response(handle: ServableHandle, request_id: str, arrays: dict, binary_outputs: set[str] | bool) -> Response:
+def _encode_response(handle: ServableHandle, request_id: str, arrays: dict, binary_outputs: set[str] | bool,
+                     shm_outputs: dict[str, shared_memory.Placement]) -> Response:
     outputs, chunks = [], []
     for name, array in arrays.items():
         entry = {"name": name, "datatype": v2_codec.datatype_of(array, name), "shape": list(array.shape)}
-        if binary_outputs is True or name in binary_outputs:
+        if name in shm_outputs:
+            raw = v2_codec.to_raw(array)
+            shared_memory.regions.write(shm_outputs[name], raw, name)
+            # (binary_data_size 0: clients that asked for it as binary data find none in the body)
+            entry["parameters"] = {shared_memory.REGION: shm_outputs[name].region, shared_memory.SIZE: len(raw),
+                                   "binary_data_size": 0}
+        elif binary_outputs is True or name in binary_outputs:
             raw = v2_codec.to_raw(array)
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
