@@ -237,3 +237,75 @@ def test_system_shared_memory(server, protocol):
         shm.destroy_shared_memory_region(outputs_region)
     status = client.get_system_shared_memory_status()
     assert not ({r["name"] for r in status} if protocol == "http" else set(status.regions)) & {f"in_{protocol}", f"out_{protocol}"}
+
+
+# ---------------------------------------------------------------- streaming (grpc.aio transport)
+
+@pytest.fixture(scope="module")
+def aio_server(start_server, tmp_path_factory):
+    config = tmp_path_factory.mktemp("triton_aio") / "models.yaml"
+    config.write_text(
+        "models:\n"
+        f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
+        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000}\n"
+        f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
+        f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
+    )
+    return start_server([f"--config={config}", "--grpc_transport=aio"])
+
+
+def test_model_stream_infer(aio_server):
+    """Requests answered in order on one stream; an error is a message, and the stream goes on."""
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(aio_server.grpc_target)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    try:
+        for i in range(20):
+            x = triton_grpc.InferInput("x", [1, 1], "FP32")
+            x.set_data_from_numpy(np.array([[float(i)]], np.float32))
+            client.async_stream_infer("half_plus_two", [x], request_id=str(i))
+            if i == 10:  # a bad one in the middle
+                bad = triton_grpc.InferInput("x", [1, 1], "INT64")
+                bad.set_data_from_numpy(np.array([[1]], np.int64))
+                client.async_stream_infer("half_plus_two", [bad], request_id="bad")
+        answers = [results.get(timeout=30) for _ in range(21)]
+    finally:
+        client.stop_stream()
+    errors = [error for _, error in answers if error is not None]
+    assert len(errors) == 1 and "does not match the model's FP32" in errors[0].message()
+    values = [(result.get_response().id, result.as_numpy("y").item()) for result, error in answers if error is None]
+    assert values == [(str(i), 0.5 * i + 2) for i in range(20)]  # in the order sent
+
+
+def test_model_stream_infer_on_the_native_transport_is_unimplemented(server):
+    if "gRPC transport: native" not in server.log():
+        pytest.skip("the native transport is not built here")
+    import queue
+
+    results: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    x = triton_grpc.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[1.0]], np.float32))
+    client.async_stream_infer("half_plus_two", [x])
+    _, error = results.get(timeout=30)
+    client.stop_stream()
+    assert error is not None and "StatusCode.UNIMPLEMENTED" in str(error.status())
+
+
+@pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_perf_analyzer_streaming(aio_server, model):
+    why = perf_analyzer_runs()
+    if why:
+        pytest.skip(why)
+    import nvidia.cuda_runtime
+
+    command = [str(PERF_ANALYZER), "-m", model, "-u", aio_server.grpc_target, "-i", "grpc", "--streaming",
+               "--measurement-interval", "300", "--max-trials", "3", "--stability-percentage", "999", *MODELS[model]]
+    env = {**os.environ, "LD_LIBRARY_PATH": str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert float(re.search(r"throughput: ([\d.]+) infer/sec", result.stdout).group(1)) > 0

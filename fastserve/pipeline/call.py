@@ -97,3 +97,12 @@ class Inference(NamedTuple):
     and `make_call(request)` turns it into the call the pipeline serves."""
     request_class: type
     make_call: Callable[[object], InferenceCall]
+
+
+class StreamedInference(NamedTuple):
+    """A method-table entry for a bidirectional stream of inference requests: each message is
+    served as Inference's are, and `frame(payload, error)` makes its answer a stream message
+    (an error does not end the stream)."""
+    request_class: type
+    make_call: Callable[[object], InferenceCall]
+    frame: Callable[[bytes | None, ServingError | None], bytes]

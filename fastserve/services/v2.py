@@ -17,7 +17,7 @@ from fastserve import dtypes, protos, shared_memory, statistics
 from fastserve.codec import v2 as v2_codec
 from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
-from fastserve.pipeline.call import Inference, InferenceCall
+from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
 from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 from fastserve.services.health import Health
@@ -126,6 +126,7 @@ class V2Service:
             SERVICE + "ServerMetadata": (pb.ServerMetadataRequest, lambda _: pb.ServerMetadataResponse(**self.server_metadata())),
             SERVICE + "ModelMetadata": (pb.ModelMetadataRequest, self._grpc_model_metadata),
             SERVICE + "ModelInfer": Inference(pb.ModelInferRequest, GrpcV2Call),
+            SERVICE + "ModelStreamInfer": StreamedInference(pb.ModelInferRequest, GrpcV2Call, _stream_message),
             SERVICE + "ModelConfig": (pb.ModelConfigRequest, self._grpc_model_config),
             SERVICE + "ModelStatistics": (pb.ModelStatisticsRequest, self._grpc_model_statistics),
             SERVICE + "SystemSharedMemoryStatus": (pb.SystemSharedMemoryStatusRequest, self._grpc_shm_status),
@@ -253,6 +254,23 @@ class V2Service:
     async def _grpc_repository_unload(self, request) -> "pb.RepositoryModelUnloadResponse":
         await self.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _stream_message(payload: bytes | None, error: ServingError | None) -> bytes:
+    """A ModelStreamInferResponse: the ModelInferResponse (already serialized: it goes in as
+    field 2's bytes) or the error's message, as Triton sends errors on a stream."""
+    if error is not None:
+        return pb.ModelStreamInferResponse(error_message=error.message).SerializeToString()
+    return b"\x12" + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _plain(parameters) -> dict:

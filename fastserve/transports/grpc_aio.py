@@ -17,7 +17,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
-from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, authorization, method_table
+from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, StreamMethod, authorization, method_table
 from fastserve.tls import SSLConfig, grpc_credentials
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,51 @@ def _inference_handler(method: InferMethod, pipeline: Pipeline):
     return grpc.unary_unary_rpc_method_handler(call)
 
 
+def _stream_handler(method: StreamMethod, pipeline: Pipeline):
+    """grpc.aio's side of a stream of inference requests: each message is a call of its own,
+    submitted as it arrives; answers go back in the order of the requests. A request refused
+    for its credentials ends the stream; any other error is a message on it."""
+
+    async def stream(requests, context: aio.ServicerContext):
+        loop = asyncio.get_running_loop()
+        answers: asyncio.Queue = asyncio.Queue()  # (answer future, its call or None), then None at the end
+
+        async def read() -> None:
+            async for request_bytes in requests:
+                answer, inference = loop.create_future(), None
+                try:
+                    inference = method.start(request_bytes, context.invocation_metadata(), context.time_remaining())
+                except ServingError as exc:
+                    answer.set_result((exc, None))
+                else:
+                    inference.reply, inference.reply_to = _settle, answer
+                    metrics.in_flight("GRPC").inc()
+                    pipeline.submit([inference])
+                answers.put_nowait((answer, inference))
+            answers.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        unanswered: list = []
+        try:
+            while (item := await answers.get()) is not None:
+                unanswered.append(item)
+                error, payload = await item[0]
+                unanswered.pop()
+                if error is not None and error.code is grpc.StatusCode.UNAUTHENTICATED:
+                    await context.abort(error.code, error.message)
+                yield method.frame(payload, error)
+            await reader  # its errors (a malformed stream) end the stream
+        finally:  # the client went away, or the stream ended: stop what still runs
+            reader.cancel()
+            while not answers.empty():
+                unanswered.append(answers.get_nowait())
+            for item in unanswered:
+                if item is not None and item[1] is not None and not item[0].done():
+                    pipeline.cancel(item[1])
+
+    return grpc.stream_stream_rpc_method_handler(stream)
+
+
 def _settle(call, error, payload) -> None:
     if not call.reply_to.done():
         call.reply_to.set_result((error, payload))
@@ -71,7 +116,12 @@ def generic_handlers(
     services: dict[str, dict] = {}
     for path, method in method_table(methods, auth, is_served).items():
         service, name = path.strip("/").split("/")
-        handler = _inference_handler(method, pipeline) if isinstance(method, InferMethod) else _unary_handler(method)
+        if isinstance(method, StreamMethod):
+            handler = _stream_handler(method, pipeline)
+        elif isinstance(method, InferMethod):
+            handler = _inference_handler(method, pipeline)
+        else:
+            handler = _unary_handler(method)
         services.setdefault(service, {})[name] = handler
     return [grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items()]
 

@@ -1,7 +1,7 @@
 """One gRPC call, whatever the transport: authenticate, parse, serve, map errors.
 
 Both gRPC transports (native and grpc.aio) serve the services' method tables,
-{"/package.Service/Method": (request message class, handler) | Inference}, the same way,
+{"/package.Service/Method": (request message class, handler) | Inference | StreamedInference}, the same way,
 so authentication, parsing, deadlines, status codes, metrics and the request log are the
 same on both. A plain method (`Method`) runs its handler and gives the Outcome back; an
 inference method (`InferMethod`) turns the request into an InferenceCall that the
@@ -20,7 +20,7 @@ from fastserve import limits, metrics
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
-from fastserve.pipeline.call import Inference, InferenceCall
+from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
 
 log = logging.getLogger(__name__)
 
@@ -155,14 +155,24 @@ class InferMethod(_Entry):
         return call
 
 
+class StreamMethod(InferMethod):
+    """A stream of inference requests: each message starts as an InferMethod call; its answer
+    is framed as a stream message."""
+
+    def __init__(self, path: str, entry: StreamedInference, auth: TokenAuth | None, is_served: Callable[[str], bool]):
+        super().__init__(path, Inference(entry.request_class, entry.make_call), auth, is_served)
+        self.frame = entry.frame
+
+
 def method_table(
     methods: dict, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
-) -> dict[str, Method | InferMethod]:
-    """{"/package.Service/Method": Method | InferMethod} from the services' method tables.
+) -> dict[str, Method | InferMethod | StreamMethod]:
+    """{"/package.Service/Method": Method | InferMethod | StreamMethod} from the services' method tables.
 
     is_served(name) tells whether a model is served (its name becomes a metrics label).
     """
+    kinds = {Inference: InferMethod, StreamedInference: StreamMethod}
     return {
-        path: InferMethod(path, entry, auth, is_served) if isinstance(entry, Inference) else Method(path, *entry, auth, is_served)
+        path: kinds[type(entry)](path, entry, auth, is_served) if type(entry) in kinds else Method(path, *entry, auth, is_served)
         for path, entry in methods.items()
     }

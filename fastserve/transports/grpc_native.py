@@ -25,7 +25,9 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.call import InferenceCall
 from fastserve.services.catalog import Services
-from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, Outcome, count_gone_on_arrival, method_table
+from fastserve.transports.grpc_calls import (
+    MAX_MESSAGE_BYTES, InferMethod, Method, Outcome, StreamMethod, count_gone_on_arrival, method_table,
+)
 from fastserve.tls import SSLConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +73,11 @@ class NativeGrpcServer:
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
-        self._methods: dict[str, Method | InferMethod] = method_table(service.grpc_methods(), auth, is_served)
+        # Calls here are unary: streaming methods are served by the grpc.aio transport (UNIMPLEMENTED here).
+        self._methods: dict[str, Method | InferMethod] = {
+            path: method for path, method in method_table(service.grpc_methods(), auth, is_served).items()
+            if not isinstance(method, StreamMethod)
+        }
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
