@@ -14,11 +14,17 @@
 //
 // Python API (module fastserve._native.grpc_transport):
 //   Transport(addresses, max_receive_bytes, max_send_bytes, tls=None, max_connections=0,
-//             max_concurrent_streams=0)
+//             max_concurrent_streams=0, streaming_methods=())
 //       tls: (private_key_pem, cert_chain_pem, root_certs_pem, require_client_cert) or None;
 //            TLS applies to TCP addresses, unix: sockets stay plain
 //       max_connections: connections open at once (more are closed as they arrive); 0 = no cap
 //       max_concurrent_streams: calls in flight on one connection (HTTP/2's setting); 0 = gRPC's
+//       streaming_methods: methods served as bidirectional streams: each request message of such
+//            a call is handed over as a call of its own (its own id; the stream's metadata and
+//            deadline); the answers are written to the stream in the order of the requests, and
+//            the stream ends OK once the client has finished sending and every answer is written.
+//            An answer with a non-OK status ends the stream with it. At most kStreamWindow
+//            messages of one stream wait for answers: beyond them the stream is not read.
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
 //   take() -> Handoff(calls, cancelled, expired, refused, notices): calls = [Call(id, method,
@@ -56,6 +62,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -100,7 +107,9 @@ struct Taken {
   std::chrono::system_clock::time_point deadline;
 };
 
-enum class TagKind { kNew, kRead, kFinish, kDone, kSend };
+enum class TagKind { kNew, kRead, kWrite, kFinish, kDone, kSend };
+
+constexpr size_t kStreamWindow = 64;  // messages of one stream with Python at once
 
 struct Tag {
   Call* call;
@@ -114,9 +123,20 @@ struct Call {
   grpc::ByteBuffer request;
   Tag new_tag{this, TagKind::kNew};
   Tag read_tag{this, TagKind::kRead};
+  Tag write_tag{this, TagKind::kWrite};
   Tag finish_tag{this, TagKind::kFinish};
   Tag done_tag{this, TagKind::kDone};
   uint64_t id = 0;
+  // A streaming call's messages: numbered as read; answers wait in `ready` for their turn.
+  bool streaming = false;
+  bool reading = false;         // a Read is in flight
+  bool writing = false;         // a Write is in flight
+  bool reads_done = false;      // the client has finished sending
+  uint64_t next_read = 0;       // number of the next message read
+  uint64_t next_write = 0;      // number of the next answer to write
+  size_t with_python_count = 0; // messages handed over and not answered yet
+  std::map<uint64_t, grpc::Slice> ready;
+  std::unique_ptr<grpc::Status> finish_after_write;  // an end decided while a Write was in flight
   bool started = false;       // the server matched it to a client call
   bool done = false;          // the done tag has returned (call over, or cancelled)
   bool finishing = false;     // Finish has been issued
@@ -380,9 +400,11 @@ class Listeners {
 class Server {
  public:
   Server(std::vector<std::string> addresses, int max_receive, int max_send,
-         std::shared_ptr<grpc::ServerCredentials> creds, size_t max_connections, int max_concurrent_streams)
+         std::shared_ptr<grpc::ServerCredentials> creds, size_t max_connections, int max_concurrent_streams,
+         std::unordered_set<std::string> streaming_methods)
       : addresses_(std::move(addresses)), max_receive_(max_receive), max_send_(max_send),
-        max_concurrent_streams_(max_concurrent_streams), creds_(std::move(creds)),
+        max_concurrent_streams_(max_concurrent_streams), streaming_methods_(std::move(streaming_methods)),
+        creds_(std::move(creds)),
         listeners_(max_connections, [this](uint64_t refused, std::string notice) { Report(refused, std::move(notice)); }) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
@@ -444,6 +466,8 @@ class Server {
       calls.reserve(pending_.size());
       for (Call* call : pending_) calls.push_back(TakeOut(call));
       pending_.clear();
+      for (Taken& message : pending_messages_) calls.push_back(std::move(message));
+      pending_messages_.clear();
       cancelled.swap(cancelled_);
       expired.swap(expired_);
       notices.swap(notices_);
@@ -554,6 +578,8 @@ class Server {
     live_.clear();
     pending_.clear();
     by_id_.clear();
+    messages_.clear();
+    pending_messages_.clear();
     outgoing_.clear();
   }
 
@@ -592,6 +618,16 @@ class Server {
     std::vector<Reply> replies;
     replies.swap(outgoing_);
     for (Reply& reply : replies) {
+      auto message = messages_.find(reply.id);
+      if (message != messages_.end()) {
+        Call* call = message->second.first;
+        uint64_t number = message->second.second;
+        messages_.erase(message);
+        call->with_python_count--;
+        if (!cq_shut_down_) Answered(call, number, reply);
+        MaybeDelete(call);
+        continue;
+      }
       auto it = by_id_.find(reply.id);
       if (it == by_id_.end()) continue;
       Call* call = it->second;
@@ -623,9 +659,16 @@ class Server {
         if (!ok) return;  // shutting down; freed after the queue drains
         call->started = true;
         if (!cq_shut_down_) RequestNext();
+        call->streaming = streaming_methods_.count(call->ctx.method()) > 0;
+        call->reading = true;
         call->stream.Read(&call->request, &call->read_tag);
         return;
       case TagKind::kRead:
+        call->reading = false;
+        if (call->streaming) {
+          StreamRead(call, ok);
+          break;
+        }
         if (!ok) {
           FinishLocked(call, grpc::Status(grpc::StatusCode::CANCELLED, "no request message"), nullptr);
         } else if (call->ctx.deadline() <= std::chrono::system_clock::now()) {
@@ -634,6 +677,15 @@ class Server {
           Signal();
         } else {
           Enqueue(call);
+        }
+        break;
+      case TagKind::kWrite:
+        call->writing = false;
+        if (!ok) {  // the stream is gone: its end comes with the done tag
+          call->ready.clear();
+          if (!call->finishing) FinishLocked(call, grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"), nullptr);
+        } else {
+          WriteNext(call);
         }
         break;
       case TagKind::kFinish:
@@ -645,14 +697,107 @@ class Server {
           cancelled_.push_back(call->id);
           Signal();
         }
+        if (call->streaming && call->ctx.IsCancelled()) {
+          for (const auto& entry : messages_) {
+            if (entry.second.first == call) cancelled_.push_back(entry.first);
+          }
+          Signal();
+          call->ready.clear();
+          EndStream(call, grpc::Status(grpc::StatusCode::CANCELLED, "Cancelled"));
+        }
         break;
       case TagKind::kSend:
         break;  // handled in Run
     }
-    if (call->done && call->finished) {
+    MaybeDelete(call);
+  }
+
+  // Under mu_: a call is freed once gRPC has returned every tag it was given and Python holds
+  // none of its messages.
+  void MaybeDelete(Call* call) {
+    if (call->done && call->finished && !call->reading && !call->writing && call->with_python_count == 0) {
       live_.erase(call);
       delete call;
     }
+  }
+
+  // A streaming call's read returned: hand the message over and read on (within the window),
+  // or note that the client has finished sending.
+  void StreamRead(Call* call, bool ok) {
+    if (!ok) {
+      call->reads_done = true;
+      WriteNext(call);
+      return;
+    }
+    if (call->finishing) return;
+    if (call->ctx.deadline() <= std::chrono::system_clock::now()) {
+      expired_.push_back(call->ctx.method());
+      Signal();
+      call->ready.clear();
+      EndStream(call, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"));
+      return;
+    }
+    uint64_t id = ++last_id_;
+    messages_.emplace(id, std::make_pair(call, call->next_read++));
+    call->with_python_count++;
+    Taken taken = TakeOut(call);
+    taken.id = id;
+    pending_messages_.push_back(std::move(taken));
+    Signal();
+    ReadMore(call);
+  }
+
+  void ReadMore(Call* call) {
+    if (call->reading || call->reads_done || call->finishing || call->with_python_count >= kStreamWindow) return;
+    call->reading = true;
+    call->stream.Read(&call->request, &call->read_tag);
+  }
+
+  // Python answered message `number` of a stream: an OK answer is written in its turn; any
+  // other status ends the stream with it.
+  void Answered(Call* call, uint64_t number, Reply& reply) {
+    if (call->finishing || call->finish_after_write) return;
+    if (reply.code != 0 || !reply.has_payload) {
+      call->ready.clear();
+      EndStream(call, grpc::Status(static_cast<grpc::StatusCode>(reply.code), reply.message));
+      return;
+    }
+    call->ready.emplace(number, std::move(reply.payload));
+    WriteNext(call);
+    ReadMore(call);
+  }
+
+  // Writes the next answer in order; ends the stream once the client is done and all is written.
+  void WriteNext(Call* call) {
+    if (call->writing || call->finishing) return;
+    if (call->finish_after_write) {
+      grpc::Status status = *call->finish_after_write;
+      call->finish_after_write.reset();
+      FinishLocked(call, status, nullptr);
+      return;
+    }
+    auto next = call->ready.find(call->next_write);
+    if (next != call->ready.end()) {
+      grpc::ByteBuffer buffer(&next->second, 1);
+      call->ready.erase(next);
+      call->next_write++;
+      call->writing = true;
+      call->stream.Write(buffer, &call->write_tag);
+      return;
+    }
+    if (call->reads_done && call->with_python_count == 0 && call->ready.empty()) {
+      FinishLocked(call, grpc::Status::OK, nullptr);
+    }
+  }
+
+  // Ends a stream now, or after the Write in flight (one operation at a time).
+  void EndStream(Call* call, const grpc::Status& status) {
+    if (call->finishing) return;
+    if (call->writing) {
+      if (!call->finish_after_write) call->finish_after_write = std::make_unique<grpc::Status>(status);
+      return;
+    }
+    FinishLocked(call, status, nullptr);
   }
 
   // The accept thread: connections refused at the cap, and a line for Python's log.
@@ -766,6 +911,7 @@ class Server {
   int max_receive_;
   int max_send_;
   int max_concurrent_streams_;
+  std::unordered_set<std::string> streaming_methods_;
   std::shared_ptr<grpc::ServerCredentials> creds_;
   int event_fd_ = -1;
 
@@ -784,6 +930,8 @@ class Server {
   std::unordered_set<Call*> live_;
   std::unordered_map<uint64_t, Call*> by_id_;  // calls Python has to answer
   std::vector<Call*> pending_;                 // ... of which these are not taken yet
+  std::unordered_map<uint64_t, std::pair<Call*, uint64_t>> messages_;  // stream messages with Python: (call, number)
+  std::vector<Taken> pending_messages_;        // ... of which these are not taken yet (copied: the stream reads on)
   std::vector<uint64_t> cancelled_;
   std::vector<std::string> expired_;  // methods of calls answered DEADLINE_EXCEEDED on arrival
   std::vector<std::string> notices_;  // from the accept thread, for Python's log
@@ -823,15 +971,31 @@ std::string BytesArg(PyObject* obj, const char* what, bool* ok) {
 
 int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
   static const char* keywords[] = {"addresses", "max_receive_bytes", "max_send_bytes", "tls",
-                                   "max_connections", "max_concurrent_streams", nullptr};
+                                   "max_connections", "max_concurrent_streams", "streaming_methods", nullptr};
   PyObject* addresses;
   int max_receive, max_send;
   PyObject* tls = Py_None;
   Py_ssize_t max_connections = 0;
   int max_concurrent_streams = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|Oni", const_cast<char**>(keywords), &addresses,
-                                   &max_receive, &max_send, &tls, &max_connections, &max_concurrent_streams)) {
+  PyObject* streaming = nullptr;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OniO", const_cast<char**>(keywords), &addresses,
+                                   &max_receive, &max_send, &tls, &max_connections, &max_concurrent_streams,
+                                   &streaming)) {
     return -1;
+  }
+  std::unordered_set<std::string> streaming_methods;
+  if (streaming) {
+    PyObject* names = PySequence_Fast(streaming, "streaming_methods must be a sequence of str");
+    if (!names) return -1;
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(names); ++i) {
+      const char* text = PyUnicode_AsUTF8(PySequence_Fast_GET_ITEM(names, i));
+      if (!text) {
+        Py_DECREF(names);
+        return -1;
+      }
+      streaming_methods.emplace(text);
+    }
+    Py_DECREF(names);
   }
   PyObject* seq = PySequence_Fast(addresses, "addresses must be a sequence of str");
   if (!seq) return -1;
@@ -866,7 +1030,8 @@ int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
   }
   delete self->server;
   self->server = new Server(std::move(addrs), max_receive, max_send, std::move(creds),
-                            max_connections > 0 ? static_cast<size_t>(max_connections) : 0, max_concurrent_streams);
+                            max_connections > 0 ? static_cast<size_t>(max_connections) : 0, max_concurrent_streams,
+                            std::move(streaming_methods));
   if (self->server->event_fd() < 0) {
     PyErr_SetFromErrno(PyExc_OSError);
     return -1;

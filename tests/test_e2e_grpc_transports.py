@@ -196,7 +196,7 @@ def test_already_expired_call_is_answered_deadline_exceeded(server, tmp_path):
 def test_client_cancellations_leave_the_server_serving(server):
     with server.channel() as channel:
         stub = prediction_stub(channel)
-        slow = [stub.Predict.future(slow_request(0.5), timeout=30) for _ in range(8)]
+        slow = [stub.Predict.future(slow_request(2.0), timeout=30) for _ in range(8)]  # still running when cancelled
         fast = [stub.Predict.future(predict_request("half_plus_two", {"x": np.array([[float(i)]], np.float32)}), timeout=30)
                 for i in range(300)]
         for future in fast[::2]:

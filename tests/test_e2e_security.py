@@ -224,3 +224,20 @@ def test_a_token_that_is_not_utf8_is_unauthenticated(token_only):
     headers = grpc_call_with_raw_path(token_only.grpc_target, b"/tensorflow.serving.PredictionService/Predict",
                                       [(b"authorization", b"Bearer \xff\xfe")])
     assert headers[b"grpc-status"] == b"16", headers  # UNAUTHENTICATED
+
+
+def test_a_stream_without_the_token_ends_unauthenticated(token_only):
+    import queue
+
+    import numpy as np
+    import tritonclient.grpc as triton_grpc
+
+    results: queue.Queue = queue.Queue()
+    client = triton_grpc.InferenceServerClient(token_only.grpc_target)
+    client.start_stream(callback=lambda result, error: results.put(error))
+    x = triton_grpc.InferInput("x", [1, 1], "FP32")
+    x.set_data_from_numpy(np.array([[1.0]], np.float32))
+    client.async_stream_infer("half_plus_two", [x])
+    error = results.get(timeout=30)
+    client.stop_stream()
+    assert error is not None and "missing bearer token" in error.message()

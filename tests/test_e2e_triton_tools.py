@@ -7,10 +7,12 @@ perf_analyzer links libb64 (Debian's libb64-0d) and the CUDA runtime (the PyPI p
 nvidia-cuda-runtime-cu12, found through LD_LIBRARY_PATH): scripts/install.sh installs both.
 """
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,7 @@ def server(start_server, tmp_path_factory):
         "models:\n"
         f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
         "    version_policy: {all: {}}\n"
-        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000, allowed_batch_sizes: [4, 8]}\n"
+        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000, allowed_batch_sizes: [4, 8], max_enqueued_batches: 100}\n"
         "    devices: ['CPU:0']\n    instances_per_device: 2\n"
         f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
         f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
@@ -239,7 +241,7 @@ def test_system_shared_memory(server, protocol):
     assert not ({r["name"] for r in status} if protocol == "http" else set(status.regions)) & {f"in_{protocol}", f"out_{protocol}"}
 
 
-# ---------------------------------------------------------------- streaming (grpc.aio transport)
+# ---------------------------------------------------------------- streaming
 
 @pytest.fixture(scope="module")
 def aio_server(start_server, tmp_path_factory):
@@ -247,65 +249,79 @@ def aio_server(start_server, tmp_path_factory):
     config.write_text(
         "models:\n"
         f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
-        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000}\n"
+        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000, max_enqueued_batches: 100}\n"
         f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
         f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
     )
     return start_server([f"--config={config}", "--grpc_transport=aio"])
 
 
-def test_model_stream_infer(aio_server):
-    """Requests answered in order on one stream; an error is a message, and the stream goes on."""
-    import queue
+@pytest.fixture(params=["native", "aio"])
+def either(request):
+    """The module's server (native transport where built) or the grpc.aio one."""
+    return request.getfixturevalue("server" if request.param == "native" else "aio_server")
 
+
+def stream_half_plus_two(target: str, count: int, bad_at: int | None = None) -> list:
+    """(result, error) of `count` requests (and a bad one after request bad_at) on one stream."""
     results: queue.Queue = queue.Queue()
-    client = triton_grpc.InferenceServerClient(aio_server.grpc_target)
+    client = triton_grpc.InferenceServerClient(target)
     client.start_stream(callback=lambda result, error: results.put((result, error)))
     try:
-        for i in range(20):
+        for i in range(count):
             x = triton_grpc.InferInput("x", [1, 1], "FP32")
             x.set_data_from_numpy(np.array([[float(i)]], np.float32))
             client.async_stream_infer("half_plus_two", [x], request_id=str(i))
-            if i == 10:  # a bad one in the middle
+            if i == bad_at:
                 bad = triton_grpc.InferInput("x", [1, 1], "INT64")
                 bad.set_data_from_numpy(np.array([[1]], np.int64))
                 client.async_stream_infer("half_plus_two", [bad], request_id="bad")
-        answers = [results.get(timeout=30) for _ in range(21)]
+        return [results.get(timeout=30) for _ in range(count + (bad_at is not None))]
     finally:
         client.stop_stream()
+
+
+def test_model_stream_infer(either):
+    """Requests answered in order on one stream; an error is a message, and the stream goes on."""
+    answers = stream_half_plus_two(either.grpc_target, 200, bad_at=100)
     errors = [error for _, error in answers if error is not None]
     assert len(errors) == 1 and "does not match the model's FP32" in errors[0].message()
     values = [(result.get_response().id, result.as_numpy("y").item()) for result, error in answers if error is None]
-    assert values == [(str(i), 0.5 * i + 2) for i in range(20)]  # in the order sent
+    assert values == [(str(i), 0.5 * i + 2) for i in range(200)]  # in the order sent
 
 
-def test_model_stream_infer_on_the_native_transport_is_unimplemented(server):
-    if "gRPC transport: native" not in server.log():
-        pytest.skip("the native transport is not built here")
-    import queue
-
-    results: queue.Queue = queue.Queue()
-    client = triton_grpc.InferenceServerClient(server.grpc_target)
-    client.start_stream(callback=lambda result, error: results.put((result, error)))
-    x = triton_grpc.InferInput("x", [1, 1], "FP32")
-    x.set_data_from_numpy(np.array([[1.0]], np.float32))
-    client.async_stream_infer("half_plus_two", [x])
-    _, error = results.get(timeout=30)
-    client.stop_stream()
-    assert error is not None and "StatusCode.UNIMPLEMENTED" in str(error.status())
+def test_many_streams_at_once(either):
+    with ThreadPoolExecutor(8) as pool:
+        for answers in pool.map(lambda _: stream_half_plus_two(either.grpc_target, 50), range(8)):
+            assert [e.message() for _, e in answers if e] == []
+            assert [result.as_numpy("y").item() for result, _ in answers] == [0.5 * i + 2 for i in range(50)]
 
 
 @pytest.mark.skipif(shutil.which("ldd") is None, reason="needs ldd")
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_perf_analyzer_streaming(aio_server, model):
+def test_perf_analyzer_streaming(either, model):
     why = perf_analyzer_runs()
     if why:
         pytest.skip(why)
     import nvidia.cuda_runtime
 
-    command = [str(PERF_ANALYZER), "-m", model, "-u", aio_server.grpc_target, "-i", "grpc", "--streaming",
-               "--measurement-interval", "300", "--max-trials", "3", "--stability-percentage", "999", *MODELS[model]]
+    command = [str(PERF_ANALYZER), "-m", model, "-u", either.grpc_target, "-i", "grpc", "--streaming",
+               "--concurrency-range", "4", "--measurement-interval", "300", "--max-trials", "3",
+               "--stability-percentage", "999", *MODELS[model]]
     env = {**os.environ, "LD_LIBRARY_PATH": str(Path(nvidia.cuda_runtime.__path__[0]) / "lib")}
     result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert float(re.search(r"throughput: ([\d.]+) infer/sec", result.stdout).group(1)) > 0
+
+
+def test_a_cancelled_stream_leaves_the_server_serving(either):
+    client = triton_grpc.InferenceServerClient(either.grpc_target)
+    client.start_stream(callback=lambda result, error: None)
+    for i in range(300):
+        x = triton_grpc.InferInput("x", [1, 1], "FP32")
+        x.set_data_from_numpy(np.array([[float(i)]], np.float32))
+        client.async_stream_infer("half_plus_two", [x])
+    client.stop_stream(cancel_requests=True)  # with answers still on their way
+    answers = stream_half_plus_two(either.grpc_target, 20)
+    assert [result.as_numpy("y").item() for result, _ in answers] == [0.5 * i + 2 for i in range(20)]
+    assert "Traceback" not in either.log()

@@ -73,15 +73,13 @@ class NativeGrpcServer:
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
-        # Calls here are unary: streaming methods are served by the grpc.aio transport (UNIMPLEMENTED here).
-        self._methods: dict[str, Method | InferMethod] = {
-            path: method for path, method in method_table(service.grpc_methods(), auth, is_served).items()
-            if not isinstance(method, StreamMethod)
-        }
+        self._methods: dict[str, Method | InferMethod | StreamMethod] = method_table(service.grpc_methods(), auth, is_served)
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
-        self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls, max_connections, max_concurrent_streams)
+        streaming = [path for path, method in self._methods.items() if isinstance(method, StreamMethod)]
+        self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls, max_connections, max_concurrent_streams,
+                                    streaming)
         self._loop = uvloop.new_event_loop()
         self._thread: threading.Thread | None = None
         self._tasks: dict[int, asyncio.Task] = {}  # plain calls being served
@@ -135,13 +133,14 @@ class NativeGrpcServer:
         inference = []
         for call in calls:
             method = self._methods.get(call.method)
-            if isinstance(method, InferMethod):
+            if isinstance(method, InferMethod):  # a StreamMethod's calls are its stream's messages
                 try:
                     inference_call = method.start(call.payload, call.metadata, call.timeout)
                 except ServingError as exc:
-                    self._reply([(call.id, exc.code.value[0], exc.message, None)])
+                    self._reply([self._error_reply(method, call.id, exc)])
                     continue
-                inference_call.reply, inference_call.reply_to = self._call_reply, call.id
+                reply = functools.partial(self._answer_message, method) if isinstance(method, StreamMethod) else self._call_reply
+                inference_call.reply, inference_call.reply_to = reply, call.id
                 self._calls[call.id] = inference_call
                 inference.append(inference_call)
                 continue
@@ -193,6 +192,18 @@ class NativeGrpcServer:
         if not self._replies:
             self._loop.call_soon(self._flush)
         self._replies.append((call_id, error.code.value[0], error.message, None) if error is not None else (call_id, 0, "", payload))
+
+    def _answer_message(self, method: StreamMethod, call: InferenceCall, error: ServingError | None, payload: bytes | None) -> None:
+        """A stream message's answer: a stream message of its own, even an error (C++ writes them in order)."""
+        del self._calls[call.reply_to]
+        self._reply([self._error_reply(method, call.reply_to, error) if error is not None else (call.reply_to, 0, "", method.frame(payload, None))])
+
+    @staticmethod
+    def _error_reply(method: InferMethod, call_id: int, error: ServingError) -> tuple:
+        """An error as a call's status; on a stream, as a message (a refused token ends the stream)."""
+        if isinstance(method, StreamMethod) and error.code is not StatusCode.UNAUTHENTICATED:
+            return call_id, 0, "", method.frame(None, error)
+        return call_id, error.code.value[0], error.message, None
 
     def _reply(self, replies: list[tuple]) -> None:
         if not self._replies:
