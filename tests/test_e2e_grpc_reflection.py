@@ -1,5 +1,5 @@
-"""End to end on the grpc.aio transport: gRPC reflection lists and describes every
-service; health and V2 are served there as on the native transport."""
+"""End to end on both gRPC transports: reflection lists and describes every service; health
+and V2 are served on grpc.aio as on the native transport."""
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -7,13 +7,17 @@ from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 from tests.conftest import EXAMPLE_MODELS
 
 
-@pytest.fixture(scope="module")
-def server(start_server):
+TRANSPORTS = ["native", "aio"] if NATIVE_BUILT else ["aio"]
+
+
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def server(request, start_server):
     return start_server(
-        ["--grpc_transport=aio", "--model_name=half_plus_two", f"--model_base_path={EXAMPLE_MODELS / 'half_plus_two'}"],
+        [f"--grpc_transport={request.param}", "--model_name=half_plus_two", f"--model_base_path={EXAMPLE_MODELS / 'half_plus_two'}"],
         rest=False,
     )
 
@@ -33,6 +37,10 @@ def test_reflection_lists_and_describes_services(server):
     assert predict.input_type.full_name == "tensorflow.serving.ClassificationRequest"
     infer = pool.FindServiceByName("inference.GRPCInferenceService").FindMethodByName("ModelInfer")
     assert [f.name for f in infer.input_type.fields][:3] == ["model_name", "model_version", "id"]
+    assert pool.FindMessageTypeByName("tensorflow.serving.PredictRequest").fields_by_name["inputs"].number == 2
+    with pytest.raises(KeyError):  # answered with an error response: the stream goes on
+        pool.FindMessageTypeByName("no.such.Message")
+    assert pool.FindServiceByName("grpc.health.v1.Health").FindMethodByName("Check") is not None
 
 
 def test_health_and_v2_on_aio(server):

@@ -1,14 +1,26 @@
 """Every gRPC service fastserve serves, as the one method table the transports drive.
 
 A transport needs `grpc_methods()`, `registry` (metrics labels) and `pipeline` (where
-inference calls go); reflection needs the service names and a descriptor pool that holds
-their definitions.
+inference calls go). Entries: (request class, handler) for a unary method, Streamed for a
+bidirectional stream answered message by message (the handler answers each message),
+Inference / StreamedInference (fastserve.pipeline.call) for inference. Reflection is added
+here: it describes the others, from a descriptor pool that holds their definitions.
 """
+from typing import Callable, NamedTuple
+
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
 from fastserve import protos
+from fastserve.services.reflection import METHOD as REFLECTION, Reflection
+
+
+class Streamed(NamedTuple):
+    """A method-table entry for a bidirectional stream: handler(request) answers each message."""
+    request_class: type
+    handler: Callable
 
 
 class Services:
@@ -16,11 +28,13 @@ class Services:
         self.registry = registry
         self.pipeline = pipeline
         self._services = services
+        self._reflection = Reflection(self.service_names, self.reflection_pool)
 
     def grpc_methods(self) -> dict:
         methods = {}
         for service in self._services:
             methods.update(service.grpc_methods())
+        methods[REFLECTION] = Streamed(reflection_pb2.ServerReflectionRequest, self._reflection.answer)
         return methods
 
     def service_names(self) -> list[str]:
@@ -41,7 +55,7 @@ class Services:
             pool.Add(proto)
             added.add(file_descriptor.name)
 
-        for module in (prediction_service_pb2, model_service_pb2, health_pb2):
+        for module in (prediction_service_pb2, model_service_pb2, health_pb2, reflection_pb2):
             add(module.DESCRIPTOR)
         add(protos.inference().ModelInferRequest.DESCRIPTOR.file)
         return pool

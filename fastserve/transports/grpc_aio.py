@@ -3,21 +3,19 @@
 It runs its own asyncio loop on its own thread, beside the REST frontend's uvloop.
 """
 import asyncio
-import functools
 import logging
 import threading
 from typing import Callable
 
 import grpc
 from grpc import aio
-from grpc_reflection.v1alpha import reflection
 
 from fastserve import metrics
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
-from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, Method, StreamMethod, authorization, method_table
+from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, StreamMethod, method_table
 from fastserve.tls import SSLConfig, grpc_credentials
 
 log = logging.getLogger(__name__)
@@ -104,6 +102,19 @@ def _stream_handler(method: StreamMethod, pipeline: Pipeline):
     return grpc.stream_stream_rpc_method_handler(stream)
 
 
+def _message_stream_handler(method: MessageStream):
+    """grpc.aio's side of a stream answered message by message, in order; an error ends it."""
+
+    async def stream(requests, context: aio.ServicerContext):
+        async for request_bytes in requests:
+            outcome = await method(request_bytes, context.invocation_metadata(), context.time_remaining())
+            if outcome.code is not grpc.StatusCode.OK:
+                await context.abort(outcome.code, outcome.message)
+            yield outcome.payload
+
+    return grpc.stream_stream_rpc_method_handler(stream)
+
+
 def _settle(call, error, payload) -> None:
     if not call.reply_to.done():
         call.reply_to.set_result((error, payload))
@@ -118,31 +129,14 @@ def generic_handlers(
         service, name = path.strip("/").split("/")
         if isinstance(method, StreamMethod):
             handler = _stream_handler(method, pipeline)
+        elif isinstance(method, MessageStream):
+            handler = _message_stream_handler(method)
         elif isinstance(method, InferMethod):
             handler = _inference_handler(method, pipeline)
         else:
             handler = _unary_handler(method)
         services.setdefault(service, {})[name] = handler
     return [grpc.method_handlers_generic_handler(service, handlers) for service, handlers in services.items()]
-
-
-async def _refuse(error: ServingError, requests, context: aio.ServicerContext):
-    await context.abort(error.code, error.message)
-
-
-class _ReflectionAuth(aio.ServerInterceptor):
-    """Reflection is grpc.aio's own service, outside the method tables: it needs the token too."""
-
-    def __init__(self, auth: TokenAuth):
-        self._auth = auth
-
-    async def intercept_service(self, continuation, details: grpc.HandlerCallDetails):
-        if details.method.startswith(f"/{reflection.SERVICE_NAME}/"):
-            try:
-                self._auth.check(authorization(details.invocation_metadata), admin=False)
-            except ServingError as exc:
-                return grpc.stream_stream_rpc_method_handler(functools.partial(_refuse, exc))
-        return await continuation(details)
 
 
 class GrpcServer:
@@ -222,14 +216,10 @@ class GrpcServer:
             options.append(("grpc.max_allowed_incoming_connections", self._max_connections))
         if self._max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", self._max_concurrent_streams))
-        interceptors = [_ReflectionAuth(self._auth)] if self._auth is not None and self._auth.enabled else []
-        server = aio.server(options=options, interceptors=interceptors)
+        server = aio.server(options=options)
         is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
         server.add_generic_rpc_handlers(
             generic_handlers(self._service.grpc_methods(), self._service.pipeline, self._auth, is_served))
-        reflection.enable_server_reflection(  # lets grpcurl-style tools list and describe the services
-            [*self._service.service_names(), reflection.SERVICE_NAME], server, pool=self._service.reflection_pool()
-        )
         credentials = grpc_credentials(self._ssl) if self._ssl else None
         bound = []
         for address in addresses:

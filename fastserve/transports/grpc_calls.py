@@ -1,8 +1,7 @@
 """One gRPC call, whatever the transport: authenticate, parse, serve, map errors.
 
-Both gRPC transports (native and grpc.aio) serve the services' method tables,
-{"/package.Service/Method": (request message class, handler) | Inference | StreamedInference}, the same way,
-so authentication, parsing, deadlines, status codes, metrics and the request log are the
+Both gRPC transports (native and grpc.aio) serve the services' method tables (the
+entries of services/catalog.py) the same way, so authentication, parsing, deadlines, status codes, metrics and the request log are the
 same on both. A plain method (`Method`) runs its handler and gives the Outcome back; an
 inference method (`InferMethod`) turns the request into an InferenceCall that the
 transport hands to the pipeline with the others that arrived with it, and that answers
@@ -21,6 +20,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
 from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
+from fastserve.services.catalog import Streamed
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Outcome(NamedTuple):
     payload: bytes | None  # the serialized response when code is OK
 
 
-def authorization(metadata) -> str | None:
+def _authorization(metadata) -> str | None:
     """The authorization metadata of a call, if it has one."""
     for key, value in metadata or ():
         if key == "authorization":  # native gRPC hands a value that is not UTF-8 over as bytes
@@ -75,7 +75,7 @@ class _Entry:
 
     def parse(self, payload: bytes, metadata, timeout: float | None):
         if self.auth:
-            self.auth.check(authorization(metadata), self.admin)
+            self.auth.check(_authorization(metadata), self.admin)
         if timeout is not None:
             limits.check_deadline(time.monotonic() + timeout)
         try:
@@ -155,6 +155,11 @@ class InferMethod(_Entry):
         return call
 
 
+class MessageStream(Method):
+    """A bidirectional stream whose messages are each served as a Method's call; the answers go
+    back in order, and an error ends the stream."""
+
+
 class StreamMethod(InferMethod):
     """A stream of inference requests: each message starts as an InferMethod call; its answer
     is framed as a stream message."""
@@ -166,13 +171,15 @@ class StreamMethod(InferMethod):
 
 def method_table(
     methods: dict, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
-) -> dict[str, Method | InferMethod | StreamMethod]:
-    """{"/package.Service/Method": Method | InferMethod | StreamMethod} from the services' method tables.
+) -> dict[str, Method | InferMethod]:
+    """{"/package.Service/Method": Method (or MessageStream) | InferMethod (or StreamMethod)} from the
+    services' method tables.
 
     is_served(name) tells whether a model is served (its name becomes a metrics label).
     """
     kinds = {Inference: InferMethod, StreamedInference: StreamMethod}
     return {
-        path: kinds[type(entry)](path, entry, auth, is_served) if type(entry) in kinds else Method(path, *entry, auth, is_served)
+        path: kinds[type(entry)](path, entry, auth, is_served) if type(entry) in kinds
+        else (MessageStream if isinstance(entry, Streamed) else Method)(path, *entry, auth, is_served)
         for path, entry in methods.items()
     }

@@ -26,7 +26,7 @@ from fastserve.errors import ServingError
 from fastserve.pipeline.call import InferenceCall
 from fastserve.services.catalog import Services
 from fastserve.transports.grpc_calls import (
-    MAX_MESSAGE_BYTES, InferMethod, Method, Outcome, StreamMethod, count_gone_on_arrival, method_table,
+    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, Outcome, StreamMethod, count_gone_on_arrival, method_table,
 )
 from fastserve.tls import SSLConfig
 
@@ -77,7 +77,7 @@ class NativeGrpcServer:
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
-        streaming = [path for path, method in self._methods.items() if isinstance(method, StreamMethod)]
+        streaming = [path for path, method in self._methods.items() if isinstance(method, (StreamMethod, MessageStream))]
         self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls, max_connections, max_concurrent_streams,
                                     streaming)
         self._loop = uvloop.new_event_loop()
