@@ -23,8 +23,10 @@
 //            a call is handed over as a call of its own (its own id; the stream's metadata and
 //            deadline); the answers are written to the stream in the order of the requests, and
 //            the stream ends OK once the client has finished sending and every answer is written.
-//            An answer with a non-OK status ends the stream with it. At most kStreamWindow
-//            messages of one stream wait for answers: beyond them the stream is not read.
+//            An answer with a non-OK status ends the stream with it. A message may have several
+//            answers (a server stream: health Watch): status kMore (-1) writes one and more follow;
+//            status 0 without a payload completes it. At most kStreamWindow messages of one
+//            stream wait for answers: beyond them the stream is not read.
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
 //   take() -> Handoff(calls, cancelled, expired, refused, notices): calls = [Call(id, method,
@@ -61,6 +63,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -110,6 +113,13 @@ struct Taken {
 enum class TagKind { kNew, kRead, kWrite, kFinish, kDone, kSend };
 
 constexpr size_t kStreamWindow = 64;  // messages of one stream with Python at once
+constexpr int kMore = -1;             // a reply status: one of a stream message's answers, more follow
+
+// The answers to one message of a stream, written in order; complete once Python says so.
+struct Answers {
+  std::deque<grpc::Slice> parts;
+  bool complete = false;
+};
 
 struct Tag {
   Call* call;
@@ -135,7 +145,7 @@ struct Call {
   uint64_t next_read = 0;       // number of the next message read
   uint64_t next_write = 0;      // number of the next answer to write
   size_t with_python_count = 0; // messages handed over and not answered yet
-  std::map<uint64_t, grpc::Slice> ready;
+  std::map<uint64_t, Answers> ready;  // by message number
   std::unique_ptr<grpc::Status> finish_after_write;  // an end decided while a Write was in flight
   bool started = false;       // the server matched it to a client call
   bool done = false;          // the done tag has returned (call over, or cancelled)
@@ -622,8 +632,10 @@ class Server {
       if (message != messages_.end()) {
         Call* call = message->second.first;
         uint64_t number = message->second.second;
-        messages_.erase(message);
-        call->with_python_count--;
+        if (reply.code != kMore) {
+          messages_.erase(message);
+          call->with_python_count--;
+        }
         if (!cq_shut_down_) Answered(call, number, reply);
         MaybeDelete(call);
         continue;
@@ -753,16 +765,18 @@ class Server {
     call->stream.Read(&call->request, &call->read_tag);
   }
 
-  // Python answered message `number` of a stream: an OK answer is written in its turn; any
-  // other status ends the stream with it.
+  // Python answered message `number` of a stream: OK answers (kMore, or 0 for the last) are
+  // written in their turn; any other status ends the stream with it.
   void Answered(Call* call, uint64_t number, Reply& reply) {
     if (call->finishing || call->finish_after_write) return;
-    if (reply.code != 0 || !reply.has_payload) {
+    if (reply.code != 0 && reply.code != kMore) {
       call->ready.clear();
       EndStream(call, grpc::Status(static_cast<grpc::StatusCode>(reply.code), reply.message));
       return;
     }
-    call->ready.emplace(number, std::move(reply.payload));
+    Answers& answers = call->ready[number];
+    if (reply.has_payload) answers.parts.push_back(std::move(reply.payload));
+    answers.complete = reply.code == 0;
     WriteNext(call);
     ReadMore(call);
   }
@@ -776,14 +790,19 @@ class Server {
       FinishLocked(call, status, nullptr);
       return;
     }
-    auto next = call->ready.find(call->next_write);
-    if (next != call->ready.end()) {
-      grpc::ByteBuffer buffer(&next->second, 1);
+    for (auto next = call->ready.find(call->next_write); next != call->ready.end();
+         next = call->ready.find(call->next_write)) {
+      Answers& answers = next->second;
+      if (!answers.parts.empty()) {
+        grpc::ByteBuffer buffer(&answers.parts.front(), 1);
+        answers.parts.pop_front();
+        call->writing = true;
+        call->stream.Write(buffer, &call->write_tag);
+        return;
+      }
+      if (!answers.complete) return;  // more answers to this message will follow
       call->ready.erase(next);
       call->next_write++;
-      call->writing = true;
-      call->stream.Write(buffer, &call->write_tag);
-      return;
     }
     if (call->reads_done && call->with_python_count == 0 && call->ready.empty()) {
       FinishLocked(call, grpc::Status::OK, nullptr);

@@ -1,5 +1,6 @@
-"""End to end on both gRPC transports: reflection lists and describes every service; health
-and V2 are served on grpc.aio as on the native transport."""
+"""End to end on both gRPC transports: the streams of the method tables (reflection lists and
+describes every service; health Watch follows the status), and health and V2 on grpc.aio as
+on the native transport."""
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -50,3 +51,21 @@ def test_health_and_v2_on_aio(server):
     x = triton_grpc.InferInput("x", [2, 1], "FP32")
     x.set_data_from_numpy(np.array([[2.0], [4.0]], np.float32))
     assert client.infer("half_plus_two", [x]).as_numpy("y").tolist() == [[3.0], [4.0]]
+
+
+def test_health_watch_follows_the_status(server):
+    """The status at once, then each change; an unknown service is SERVICE_UNKNOWN, not an error."""
+    stub = health_pb2_grpc.HealthStub(server.channel())
+    status = health_pb2.HealthCheckResponse
+    unknown = stub.Watch(health_pb2.HealthCheckRequest(service="no_such_model"), timeout=30)
+    assert next(unknown).status == status.SERVICE_UNKNOWN
+    unknown.cancel()
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="half_plus_two"), timeout=60)
+    assert next(watch).status == status.SERVING
+    client = triton_grpc.InferenceServerClient(server.grpc_target)
+    client.unload_model("half_plus_two")
+    assert next(watch).status == status.SERVICE_UNKNOWN
+    client.load_model("half_plus_two")
+    assert next(watch).status == status.SERVING
+    watch.cancel()
+    assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == status.SERVING

@@ -17,7 +17,9 @@ class Handoff(NamedTuple):
     refused: int  # connections closed at max_connections since the last take(), for the metrics
     notices: list[str]  # for the log: accepting failed (out of descriptors) or resumed, the connection cap reached or left
 
-# respond()'s records: (call id, status code (0: OK), message, payload: the serialized response when OK)
+# respond()'s records: (call id, status code (0: OK), message, payload: the serialized response when OK).
+# A message of a stream may have several answers: status -1 writes one and more follow; 0 with no
+# payload completes it.
 Reply = tuple[int, int, str, bytes | None]
 
 class Transport:

@@ -1,26 +1,17 @@
 """Every gRPC service fastserve serves, as the one method table the transports drive.
 
 A transport needs `grpc_methods()`, `registry` (metrics labels) and `pipeline` (where
-inference calls go). Entries: (request class, handler) for a unary method, Streamed for a
-bidirectional stream answered message by message (the handler answers each message),
-Inference / StreamedInference (fastserve.pipeline.call) for inference. Reflection is added
+inference calls go); the kinds of entries are in services/methods.py. Reflection is added
 here: it describes the others, from a descriptor pool that holds their definitions.
 """
-from typing import Callable, NamedTuple
-
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
 from fastserve import protos
+from fastserve.services.methods import Streamed
 from fastserve.services.reflection import METHOD as REFLECTION, Reflection
-
-
-class Streamed(NamedTuple):
-    """A method-table entry for a bidirectional stream: handler(request) answers each message."""
-    request_class: type
-    handler: Callable
 
 
 class Services:

@@ -7,15 +7,19 @@ the service asks about that one model, unless token authentication is on: Check 
 to every caller (probes carry no token), so it must not tell them which models exist.
 Served through the method-table mechanism, so every gRPC transport serves it.
 """
-from typing import Callable
+import asyncio
+from typing import AsyncIterator, Callable
 
 from grpc_health.v1 import health_pb2
 
 from fastserve.errors import not_found
+from fastserve.services.methods import ServerStream
 from fastserve.servables.registry import Registry
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+_SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+WATCH_PERIOD = 0.5  # seconds between Watch's looks at the status (readiness changes with loads and drains)
 
 SERVED_SERVICES = (
     "tensorflow.serving.PredictionService",
@@ -45,17 +49,34 @@ class Health:
         return version is None or version in entry.versions
 
     def grpc_methods(self) -> dict:
-        return {"/grpc.health.v1.Health/Check": (health_pb2.HealthCheckRequest, self.check)}
+        return {
+            "/grpc.health.v1.Health/Check": (health_pb2.HealthCheckRequest, self.check),
+            "/grpc.health.v1.Health/Watch": ServerStream(health_pb2.HealthCheckRequest, self.watch),
+        }
 
     def check(self, request: health_pb2.HealthCheckRequest) -> health_pb2.HealthCheckResponse:
-        service = request.service
+        status = self._status(request.service)
+        if status == _SERVICE_UNKNOWN:
+            if self._models_private:
+                raise not_found(f"unknown service: {request.service} (with token authentication on, ask for a model's "
+                                "readiness with GetModelStatus or ModelReady)")
+            raise not_found(f"unknown service or model: {request.service}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def watch(self, request: health_pb2.HealthCheckRequest) -> AsyncIterator[health_pb2.HealthCheckResponse]:
+        """The status now, then each change, until the client goes away (an unknown service is
+        SERVICE_UNKNOWN, and may become known, as the health protocol says)."""
+        last = None
+        while True:
+            status = self._status(request.service)
+            if status != last:
+                yield health_pb2.HealthCheckResponse(status=status)
+                last = status
+            await asyncio.sleep(WATCH_PERIOD)
+
+    def _status(self, service: str) -> int:
         if service == "" or service in SERVED_SERVICES:
-            ok = self.ready()
-        elif self._models_private:
-            raise not_found(f"unknown service: {service} (with token authentication on, ask for a model's readiness "
-                            "with GetModelStatus or ModelReady)")
-        elif self._registry.entry(service) is not None:
-            ok = self.model_ready(service)
-        else:
-            raise not_found(f"unknown service or model: {service}")
-        return health_pb2.HealthCheckResponse(status=_SERVING if ok else _NOT_SERVING)
+            return _SERVING if self.ready() else _NOT_SERVING
+        if self._models_private or self._registry.entry(service) is None:
+            return _SERVICE_UNKNOWN
+        return _SERVING if self.model_ready(service) else _NOT_SERVING

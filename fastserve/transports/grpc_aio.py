@@ -15,7 +15,9 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
-from fastserve.transports.grpc_calls import MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, StreamMethod, method_table
+from fastserve.transports.grpc_calls import (
+    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, ResponseStream, StreamMethod, method_table,
+)
 from fastserve.tls import SSLConfig, grpc_credentials
 
 log = logging.getLogger(__name__)
@@ -115,6 +117,19 @@ def _message_stream_handler(method: MessageStream):
     return grpc.stream_stream_rpc_method_handler(stream)
 
 
+def _response_stream_handler(method: ResponseStream):
+    """grpc.aio's side of a server stream: each response as the handler yields it."""
+
+    async def stream(request_bytes: bytes, context: aio.ServicerContext):
+        try:
+            async for payload in method.responses(request_bytes, context.invocation_metadata(), context.time_remaining()):
+                yield payload
+        except ServingError as exc:
+            await context.abort(exc.code, exc.message)
+
+    return grpc.unary_stream_rpc_method_handler(stream)
+
+
 def _settle(call, error, payload) -> None:
     if not call.reply_to.done():
         call.reply_to.set_result((error, payload))
@@ -131,6 +146,8 @@ def generic_handlers(
             handler = _stream_handler(method, pipeline)
         elif isinstance(method, MessageStream):
             handler = _message_stream_handler(method)
+        elif isinstance(method, ResponseStream):
+            handler = _response_stream_handler(method)
         elif isinstance(method, InferMethod):
             handler = _inference_handler(method, pipeline)
         else:

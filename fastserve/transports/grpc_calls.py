@@ -1,7 +1,7 @@
 """One gRPC call, whatever the transport: authenticate, parse, serve, map errors.
 
 Both gRPC transports (native and grpc.aio) serve the services' method tables (the
-entries of services/catalog.py) the same way, so authentication, parsing, deadlines, status codes, metrics and the request log are the
+kinds of entries are in services/methods.py) the same way, so authentication, parsing, deadlines, status codes, metrics and the request log are the
 same on both. A plain method (`Method`) runs its handler and gives the Outcome back; an
 inference method (`InferMethod`) turns the request into an InferenceCall that the
 transport hands to the pipeline with the others that arrived with it, and that answers
@@ -10,7 +10,7 @@ through the reply the transport gave it.
 import asyncio
 import logging
 import time
-from typing import Callable, NamedTuple
+from typing import AsyncIterator, Callable, NamedTuple
 
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
@@ -20,7 +20,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
 from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
-from fastserve.services.catalog import Streamed
+from fastserve.services.methods import ServerStream, Streamed
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,20 @@ class MessageStream(Method):
     back in order, and an error ends the stream."""
 
 
+class ResponseStream(_Entry):
+    """One request answered by a stream of responses (a server stream: health Watch)."""
+
+    def __init__(self, path: str, request_class, handler, auth: TokenAuth | None, is_served: Callable[[str], bool]):
+        super().__init__(path, request_class, auth, is_served)
+        self.handler = handler
+
+    async def responses(self, payload: bytes, metadata, timeout: float | None) -> AsyncIterator[bytes]:
+        """The serialized responses; raises ServingError when the request is refused (before any)."""
+        request = self.parse(payload, metadata, timeout)
+        async for response in self.handler(request):
+            yield response.SerializeToString()
+
+
 class StreamMethod(InferMethod):
     """A stream of inference requests: each message starts as an InferMethod call; its answer
     is framed as a stream message."""
@@ -171,15 +185,15 @@ class StreamMethod(InferMethod):
 
 def method_table(
     methods: dict, auth: TokenAuth | None = None, is_served: Callable[[str], bool] = lambda name: bool(name),
-) -> dict[str, Method | InferMethod]:
-    """{"/package.Service/Method": Method (or MessageStream) | InferMethod (or StreamMethod)} from the
-    services' method tables.
+) -> dict[str, Method | ResponseStream | InferMethod]:
+    """{"/package.Service/Method": Method (or MessageStream) | ResponseStream | InferMethod (or
+    StreamMethod)} from the services' method tables.
 
     is_served(name) tells whether a model is served (its name becomes a metrics label).
     """
     kinds = {Inference: InferMethod, StreamedInference: StreamMethod}
     return {
         path: kinds[type(entry)](path, entry, auth, is_served) if type(entry) in kinds
-        else (MessageStream if isinstance(entry, Streamed) else Method)(path, *entry, auth, is_served)
+        else {Streamed: MessageStream, ServerStream: ResponseStream}.get(type(entry), Method)(path, *entry, auth, is_served)
         for path, entry in methods.items()
     }

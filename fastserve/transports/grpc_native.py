@@ -26,10 +26,12 @@ from fastserve.errors import ServingError
 from fastserve.pipeline.call import InferenceCall
 from fastserve.services.catalog import Services
 from fastserve.transports.grpc_calls import (
-    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, Outcome, StreamMethod, count_gone_on_arrival, method_table,
+    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, Outcome, ResponseStream, StreamMethod, count_gone_on_arrival,
+    method_table,
 )
 from fastserve.tls import SSLConfig
 
+MORE = -1  # a reply status: one of a stream message's answers, more follow (csrc/grpc_transport.cc)
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +79,8 @@ class NativeGrpcServer:
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
-        streaming = [path for path, method in self._methods.items() if isinstance(method, (StreamMethod, MessageStream))]
+        streaming = [path for path, method in self._methods.items()
+                     if isinstance(method, (StreamMethod, MessageStream, ResponseStream))]
         self._transport = Transport(addresses, max_receive_bytes, MAX_MESSAGE_BYTES, tls, max_connections, max_concurrent_streams,
                                     streaming)
         self._loop = uvloop.new_event_loop()
@@ -144,7 +147,10 @@ class NativeGrpcServer:
                 self._calls[call.id] = inference_call
                 inference.append(inference_call)
                 continue
-            task = self._loop.create_task(self._serve(method, call))
+            if isinstance(method, ResponseStream):
+                task = self._loop.create_task(self._stream_responses(method, call))
+            else:
+                task = self._loop.create_task(self._serve(method, call))
             # A done callback, not the coroutine, answers: a task cancelled before it
             # started never runs its body, and its call must be answered all the same.
             task.add_done_callback(functools.partial(self._answer, call.id))
@@ -180,6 +186,15 @@ class NativeGrpcServer:
         if method is None:
             return Outcome(StatusCode.UNIMPLEMENTED, f"Method not found: {call.method}", None)
         return await method(call.payload, call.metadata, call.timeout)
+
+    async def _stream_responses(self, method: ResponseStream, call) -> Outcome:
+        """Each response goes out as one of the call's answers (C++ writes them to its stream)."""
+        try:
+            async for payload in method.responses(call.payload, call.metadata, call.timeout):
+                self._reply([(call.id, MORE, "", payload)])
+        except ServingError as exc:
+            return Outcome(exc.code, exc.message, None)
+        return Outcome(StatusCode.OK, "", None)  # no more answers
 
     def _answer(self, call_id: int, task: asyncio.Task) -> None:
         del self._tasks[call_id]
