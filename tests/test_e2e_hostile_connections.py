@@ -90,13 +90,13 @@ def read_response(s: socket.socket) -> bytes:
     return head
 
 
-def probe_latencies(server, count: int, pause: float = 0.02) -> list[float]:
-    """Seconds each of `count` status requests took, on a connection of their own."""
+def probe_latencies(server, count: int, pause: float = 0.02, session: requests.Session | None = None) -> list[float]:
+    """Seconds each of `count` status requests took, on a connection of their own (or the session's)."""
     latencies = []
-    with requests.Session() as session:
+    with session or requests.Session() as client:
         for _ in range(count):
             started = time.perf_counter()
-            assert session.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code == 200
+            assert client.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code == 200
             latencies.append(time.perf_counter() - started)
             time.sleep(pause)
     return latencies
@@ -342,16 +342,6 @@ def keep_alive_probe(server) -> "requests.Session":
     return session
 
 
-def session_latencies(session, server, count: int, pause: float = 0.02) -> list[float]:
-    latencies = []
-    for _ in range(count):
-        started = time.perf_counter()
-        assert session.get(f"{server.rest}/v1/models/half_plus_two", timeout=30).status_code == 200
-        latencies.append(time.perf_counter() - started)
-        time.sleep(pause)
-    return latencies
-
-
 def test_twenty_thousand_idle_connections(default_limits):
     """As many idle connections as this process may open (20,000 here): the server holds its REST
     cap of them (half its descriptors), refuses the rest at once, and keeps serving its clients
@@ -370,7 +360,7 @@ def test_twenty_thousand_idle_connections(default_limits):
                 break
         assert len(idle) >= 10_000
         time.sleep(1)  # accepted (or refused) by now
-        latencies = session_latencies(probe, server, 50)
+        latencies = probe_latencies(server, 50, session=probe)
         assert p99(latencies) < 0.1, sorted(latencies)
         assert grpc_serving(server)
         fresh = requests.get(f"{server.rest}/v1/models/half_plus_two", timeout=30)  # served, or refused at the cap at once
@@ -408,7 +398,7 @@ def test_a_128_mb_header(default_limits):
 
     flooder = threading.Thread(target=flood)
     flooder.start()
-    latencies = session_latencies(probe, server, 50)
+    latencies = probe_latencies(server, 50, session=probe)
     flooder.join()
     assert answer[0].startswith(b"HTTP/1.1 431"), answer[0][:200]
     assert p99(latencies) < 0.1, sorted(latencies)

@@ -31,9 +31,9 @@ PERF_ANALYZER = Path(sys.executable).parent / "perf_analyzer"
 
 
 @pytest.fixture(scope="module")
-def server(start_server, tmp_path_factory):
-    config = tmp_path_factory.mktemp("triton") / "models.yaml"
-    config.write_text(
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("triton") / "models.yaml"
+    path.write_text(
         "models:\n"
         f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
         "    version_policy: {all: {}}\n"
@@ -42,6 +42,11 @@ def server(start_server, tmp_path_factory):
         f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
         f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
     )
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(start_server, config):
     return start_server([f"--config={config}"])
 
 
@@ -254,15 +259,7 @@ def test_system_shared_memory(server, protocol):
 # ---------------------------------------------------------------- streaming
 
 @pytest.fixture(scope="module")
-def aio_server(start_server, tmp_path_factory):
-    config = tmp_path_factory.mktemp("triton_aio") / "models.yaml"
-    config.write_text(
-        "models:\n"
-        f"  - name: half_plus_two\n    base_path: {EXAMPLE_MODELS / 'half_plus_two'}\n"
-        "    batching: {max_batch_size: 8, batch_timeout_micros: 1000, max_enqueued_batches: 100}\n"
-        f"  - {{name: multi_io, base_path: {EXAMPLE_MODELS / 'multi_io'}}}\n"
-        f"  - {{name: bool_mask, base_path: {EXAMPLE_MODELS / 'bool_mask'}}}\n"
-    )
+def aio_server(start_server, config):
     return start_server([f"--config={config}", "--grpc_transport=aio"])
 
 
