@@ -57,7 +57,8 @@ class RestApp:
 
     def __call__(self, request: Request) -> Awaitable[Response]:
         if request.method == "GET" and request.path in self._metrics_paths:
-            return _done(self._scrape(request))
+            # off the event loop: rendering the registry takes 50-100 ms, which every other request would wait
+            return asyncio.get_running_loop().run_in_executor(None, self._scrape, request)
         started = time.perf_counter()
         deadline = deadline_after(self._timeout)  # from its arrival: reading the body counts
         try:
