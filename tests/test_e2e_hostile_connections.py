@@ -314,7 +314,15 @@ def test_grpc_accepts_again_after_descriptors_ran_out(start_server, config, tran
             break
     else:
         pytest.fail(f"{2 * limit} REST connections on a process limited to {limit} descriptors")
-    assert not grpc_serving(server, timeout=1)
+    for _ in range(5):  # a descriptor the process frees meanwhile is taken by one more connection
+        if not grpc_serving(server, timeout=1):
+            break
+        try:
+            held.append(connect(server, timeout=2))
+        except OSError:
+            pass
+    else:
+        pytest.fail("gRPC kept accepting connections with every descriptor taken")
     for s in held:
         s.close()
     deadline = time.monotonic() + 10
