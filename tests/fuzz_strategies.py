@@ -4,8 +4,8 @@ tests/test_fuzz.py (CI: derandomized, 1,000 examples a surface) and bench/fuzz.p
 random seeds, 10,000) share this module: the models a fuzzed server serves (`write_models`),
 one `Surface` per kind of input (a strategy, the sender that puts one example on the wire and
 says what came back, and the inputs once answered badly: `REGRESSIONS`), the property every
-answer keeps (`Outcome.bad`), and the measurements around a run (`run_surface`: a probe
-thread's latencies, the server's RSS).
+answer keeps (`Outcome.bad`), and the measurements around a run (`run_surface`: the latencies
+of a probe process, tests/fuzz_probe.py; the server's RSS).
 
 What counts as bad: a REST status of 500 or above other than 501 (UNIMPLEMENTED); a gRPC
 status INTERNAL, UNKNOWN, DATA_LOSS or UNAVAILABLE (a TensorFlow error reaches the client with
@@ -21,7 +21,8 @@ import math
 import re
 import socket
 import struct
-import threading
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,10 @@ from tensorflow_serving.apis import (
 from fastserve import dtypes, protos
 from fastserve.codec import tensor_proto
 from tests.conftest import EXAMPLE_MODELS
+from tests.fuzz_probe import TIMEOUT, RestClient
 from tests.test_e2e_hostile_input import export_echo
 
 V2 = protos.inference()
-TIMEOUT = 10.0  # seconds any one answer may take; longer is a hang
 ADMIN_TOKEN = "fuzz-admin-token"  # never sent: the admin surface (reloads, unload) answers 401 to the fuzzer
 
 # ---------------------------------------------------------------- the models a fuzzed server serves
@@ -131,59 +132,6 @@ def grpc_outcome(code: str, message: str) -> Outcome:
 # ---------------------------------------------------------------- clients
 
 
-class RestClient:
-    """HTTP/1.1 over one kept-alive socket, the request line and headers exactly as given."""
-
-    def __init__(self, port: int):
-        self.port = port
-        self._sock: socket.socket | None = None
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def request(self, method: str, target: bytes, body: bytes = b"", headers=()) -> tuple[int, dict, bytes]:
-        head = [method.encode() + b" " + target + b" HTTP/1.1", b"Host: fuzz", b"Content-Length: %d" % len(body)]
-        head += [name + b": " + value for name, value in headers]
-        data = b"\r\n".join(head) + b"\r\n\r\n" + body
-        for attempt in (0, 1):
-            if self._sock is None:
-                self._sock = socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT)
-            try:
-                self._sock.sendall(data)
-                status, response_headers, response_body = read_response(self._sock)
-            except (ConnectionError, EOFError) as exc:  # a kept-alive connection the server closed: once more
-                self.close()
-                if attempt:
-                    raise ConnectionError(f"the server closed the connection: {exc}") from None
-                continue
-            if response_headers.get("connection", "").lower() == "close":
-                self.close()
-            return status, response_headers, response_body
-        raise AssertionError("unreachable")
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict, bytes]:
-    """One HTTP/1.1 response (Content-Length framed, as fastserve writes them) from sock."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("closed before a response")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers.get("content-length", 0))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("closed inside a response body")
-        body += chunk
-    return int(lines[0].split()[1]), headers, body[:length]
-
-
 class Target:
     """A running server as the fuzzer and the probes reach it."""
 
@@ -193,6 +141,7 @@ class Target:
         self.rest = RestClient(server.rest_port)
         self.channel = grpc.insecure_channel(server.grpc_target, options=[("grpc.max_receive_message_length", -1)])
         self._stubs: dict[str, object] = {}
+        self.prober = Prober(server)
 
     def grpc(self, method: str, payload: bytes, metadata=()) -> Outcome:
         stub = self._stubs.get(method)
@@ -209,6 +158,7 @@ class Target:
     def close(self) -> None:
         self.rest.close()
         self.channel.close()
+        self.prober.close()
 
 
 # ---------------------------------------------------------------- JSON text, hostile included
@@ -867,6 +817,13 @@ class RawHttp:
     complete: bool  # False: the last request is cut short (the client then half-closes)
 
 
+def half_close(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass  # the server closed the connection already
+
+
 def send_raw_http(target: Target, example: RawHttp) -> Outcome:
     """The bytes on a fresh connection (complete ones followed by a request that closes it);
     every response must be 1xx/2xx/4xx, and the connection must close within TIMEOUT."""
@@ -876,14 +833,14 @@ def send_raw_http(target: Target, example: RawHttp) -> Outcome:
             try:
                 sock.sendall(example.data + (SENTINEL if example.complete else b""))
                 if not example.complete:
-                    sock.shutdown(socket.SHUT_WR)
+                    half_close(sock)
                 sock.settimeout(1.0 if example.complete else TIMEOUT)
                 deadline = time.monotonic() + TIMEOUT
                 while time.monotonic() < deadline:
                     try:
                         chunk = sock.recv(65536)
                     except socket.timeout:  # the server waits for more of a request it read as longer: half-close
-                        sock.shutdown(socket.SHUT_WR)
+                        half_close(sock)
                         sock.settimeout(TIMEOUT)
                         continue
                     if not chunk:
@@ -1019,10 +976,17 @@ def send_h2(target: Target, example: H2Exchange) -> Outcome:
                 return Outcome("abandoned")
             whole = example.preface == PREFACE and example.before != MISALIGNING
             if not whole:
-                sock.shutdown(socket.SHUT_WR)  # the server waits for the rest of a frame that never comes: it must close now
+                half_close(sock)  # the server waits for the rest of a frame that never comes: it must close now
             return read_h2_stream(sock, acknowledge=whole)
     except socket.timeout:
         return Outcome("timeout", f"no end of stream 1 in {TIMEOUT}s")
+
+
+def send_quietly(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except ConnectionError:
+        pass  # the server closed the connection: the next read says how
 
 
 def read_h2_stream(sock: socket.socket, acknowledge: bool) -> Outcome:
@@ -1045,9 +1009,9 @@ def read_h2_stream(sock: socket.socket, acknowledge: bool) -> Outcome:
             f.parse_body(memoryview(buffer[9:9 + length]))
             buffer = buffer[9 + length:]
             if acknowledge and isinstance(f, h2frame.SettingsFrame) and "ACK" not in f.flags:
-                sock.sendall(frame(h2frame.SettingsFrame, 0, ("ACK",)))
+                send_quietly(sock, frame(h2frame.SettingsFrame, 0, ("ACK",)))
             elif acknowledge and isinstance(f, h2frame.PingFrame) and "ACK" not in f.flags:
-                sock.sendall(frame(h2frame.PingFrame, 0, ("ACK",), opaque_data=f.opaque_data))
+                send_quietly(sock, frame(h2frame.PingFrame, 0, ("ACK",), opaque_data=f.opaque_data))
             elif isinstance(f, h2frame.GoAwayFrame):
                 return h2_status(fields, "goaway")
             elif f.stream_id != 1:
@@ -1257,54 +1221,27 @@ SURFACES = {s.name: s for s in [
     Surface("h2_frames", "grpc", lambda transport: h2_exchange(aio=transport == "aio"), send_h2, REGRESSIONS["h2_frames"]),
 ]}
 
-PROBE_REST = b'{"instances": [[1.0]]}'
 PROBE_GRPC = predict_pb2.PredictRequest(
     model_spec={"name": "half_plus_two"}, inputs={"x": tensor_proto.from_numpy(np.array([[1.0]], np.float32), tensor_pb2.TensorProto())}
 ).SerializeToString()
 
 
-def probe(target: Target, rest: RestClient) -> tuple[float, float]:
-    """One REST and one gRPC predict of half_plus_two; the seconds each took (raises if either fails)."""
-    started = time.perf_counter()
-    status, _, body = rest.request("POST", b"/v1/models/half_plus_two:predict", PROBE_REST)
-    assert (status, json.loads(body)) == (200, {"predictions": [[2.5]]}), (status, body)
-    rest_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    outcome = target.grpc(PREDICTION + "Predict", PROBE_GRPC)
-    assert outcome.status == "OK", outcome
-    return rest_seconds, time.perf_counter() - started
-
-
 class Prober:
-    """A thread that probes every `interval` seconds while a surface is fuzzed, on its own connections."""
+    """A server's probe process (tests/fuzz_probe.py): a REST and a gRPC predict every 50 ms."""
 
-    def __init__(self, target: Target, interval: float = 0.05):
-        self._target = Target(target.server, target.transport)
-        self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.latencies: dict[str, list[float]] = {"rest": [], "grpc": []}
-        self.failures: list[str] = []
+    def __init__(self, server):
+        self._proc = subprocess.Popen([sys.executable, "-m", "tests.fuzz_probe", str(server.rest_port), server.grpc_target, PROBE_GRPC.hex()],
+                                      cwd=Path(__file__).resolve().parents[1], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval):
-            try:
-                rest, grpc_ = probe(self._target, self._target.rest)
-            except Exception as exc:  # noqa: BLE001 - counted, and the run goes on
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-                self._target.rest.close()
-                continue
-            self.latencies["rest"].append(rest)
-            self.latencies["grpc"].append(grpc_)
+    def take(self) -> dict:
+        """{"rest": [seconds], "grpc": [seconds], "failures": [text]} since the last take."""
+        self._proc.stdin.write("\n")
+        self._proc.stdin.flush()
+        return json.loads(self._proc.stdout.readline())
 
-    def __enter__(self) -> "Prober":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self._target.close()
+    def close(self) -> None:
+        self._proc.stdin.close()
+        self._proc.wait(TIMEOUT)
 
 
 def rss_mb(pid: int) -> float:
@@ -1358,7 +1295,12 @@ def run_surface(target: Target, surface: Surface, examples: int, strict: bool = 
     report = Report(surface.name, target.transport)
 
     def check(example) -> None:
-        outcome = surface.send(target, example)
+        try:
+            outcome = surface.send(target, example)
+        except Exception as exc:  # noqa: BLE001 - the soak records a client's failure too, and goes on
+            if strict:
+                raise
+            outcome = Outcome("client error", f"the fuzzer failed: {type(exc).__name__}: {exc}")
         report.record(example, outcome)
         assert not (strict and outcome.bad), f"{surface.name} on {target.transport}: {outcome.bad}"
 
@@ -1372,12 +1314,14 @@ def run_surface(target: Target, surface: Surface, examples: int, strict: bool = 
     pid = target.server.proc.pid
     report.rss_before = rss_mb(pid)
     started = time.monotonic()
-    with Prober(target) as prober:
-        try:
-            run()
-        finally:
-            report.seconds = time.monotonic() - started
-            report.probes, report.probe_failures = prober.latencies, prober.failures
+    target.prober.take()  # from here on
+    try:
+        run()
+    finally:
+        report.seconds = time.monotonic() - started
+        taken = target.prober.take()
+        report.probe_failures = taken.pop("failures")
+        report.probes = taken
     report.rss_after = rss_mb(pid)
     return report
 
