@@ -1180,6 +1180,8 @@ REGRESSIONS = {
         ("/v2/models/echo/infer", '{"name": "s", "datatype": "\\udcff", "shape": [1], "data": ["a"]}', ""),
         ("/v2/models/echo/infer", v2_input("x", "FP32", HUGE_EMPTY, data=[]), ', "parameters": {"signature_name": "floats"}'),
         ("/v2/models/half_plus_two/infer", v2_input("x", "FP32", [1, 1], data=[1.0]), ', "id": ' + nested_json(1000, "")),
+        ("/v2/models/multi_io/infer", ", ".join([v2_input("a", "FP32", [1, 2], data=[1, 2]), v2_input("b", "INT64", [1], data=[0]),
+                                                 v2_input("tag", "BYTES", [], data=["hi"])]), ""),  # a scalar string output
     ]),
     "rest_v2_binary": (
         post("/v2/models/half_plus_two/infer", "{}", ((b"Inference-Header-Content-Length", b"9" * 5000),)),

@@ -143,6 +143,21 @@ def test_a_header_length_of_5000_digits(servers):
     assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
 
 
+def test_a_scalar_string_output(servers):
+    """multi_io returns its string input as it is and upper-cased: a scalar one came back as
+    fixed-width bytes, which dropped trailing NULs and which V2 JSON could not encode (500; found
+    by fuzzing)."""
+    server = next(iter(servers.values()))
+    inputs = [{"name": "a", "datatype": "FP32", "shape": [1, 2], "data": [1, 2]}, {"name": "b", "datatype": "INT64", "shape": [1], "data": [0]},
+              {"name": "tag", "datatype": "BYTES", "shape": [], "data": ["hi"]}]
+    response = requests.post(f"{server.rest}/v2/models/multi_io/infer", json=v2_infer(inputs), timeout=30)
+    assert response.status_code == 200, response.text
+    assert {"name": "tag_upper", "datatype": "BYTES", "shape": [], "data": ["HI"]} in response.json()["outputs"]
+    response = requests.post(f"{server.rest}/v1/models/multi_io:predict", json={"inputs": {"a": [[1, 2]], "b": [0], "tag": {"b64": "aGkA"}}}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"]["tag_bytes"] == {"b64": "aGkA"}  # b"hi\0"
+
+
 def test_rank_32_still_serves(servers):
     server = next(iter(servers.values()))
     response = requests.post(f"{server.rest}/v1/models/echo:predict", json={"inputs": {"s": nested(32, "s")}}, timeout=30)

@@ -153,6 +153,15 @@ def _session(path, loader, meta_graph, tags, session_config, device) -> tf.compa
     return session
 
 
+def _array(value) -> np.ndarray:
+    """An output as an array. A scalar string comes back as bytes: a 0-d object array, as every
+    string tensor is (np.asarray would make it fixed-width bytes, which drop trailing NULs and which
+    the V2 JSON encoder refused: 500)."""
+    if isinstance(value, np.ndarray):
+        return value
+    return np.array(value, dtype=object) if isinstance(value, bytes) else np.asarray(value)
+
+
 class _SessionRunner:
     """Runs one SignatureDef with Session callables, one per (inputs, outputs) combination."""
 
@@ -170,8 +179,7 @@ class _SessionRunner:
             values = fn(*[inputs[k] for k in input_keys])
         except tf.errors.OpError as exc:
             raise from_tensorflow(exc) from None
-        # A scalar string comes back as bytes, not as an array.
-        return {k: v if isinstance(v, np.ndarray) else np.asarray(v) for k, v in zip(output_keys, values)}
+        return {k: _array(v) for k, v in zip(output_keys, values)}
 
     def _make(self, input_keys, output_keys):
         options = config_pb2.CallableOptions(
@@ -217,4 +225,4 @@ class _FunctionRunner:
             raise from_tensorflow(exc) from None
         except (TypeError, ValueError) as exc:
             raise invalid_argument(first_line(exc)) from None
-        return {k: result[k].numpy() for k in output_keys}
+        return {k: _array(result[k].numpy()) for k in output_keys}
