@@ -8,7 +8,8 @@ The surfaces and the property are tests/fuzz_strategies.py's (tests/test_fuzz.py
 with a fixed seed and a smaller budget in CI). Unlike CI, the soak does not stop at a bad
 answer: every one is recorded (its input, its status) and the run goes on. REST surfaces are
 fuzzed against both servers (CI fuzzes them once: the HTTP server is the same; the process
-around it is not). Surface i of a run uses hypothesis seed SEED + i. A probe (one REST and one gRPC predict) runs every 50 ms all along. Results go to
+around it is not). Surface i of a run uses hypothesis seed SEED + i. A probe (one REST and
+one gRPC predict, from a process of its own) runs every 50 ms all along. Results go to
 bench/results/: fuzz.json (every bad input with its answer) and fuzz.md (the table). Exit
 status 1 when anything was bad: a bad answer, a failed probe, a probe p99 of 100 ms or more
 over a transport's run, the server gone, or its RSS more than 10% above where it started.

@@ -4,10 +4,10 @@ Derandomized (the same examples every run): the regression inputs of fuzz_strate
 then EXAMPLES generated examples per surface and transport. The first answer that is 5xx,
 INTERNAL, UNKNOWN or missing (a hang) fails the test, shrunk by hypothesis to a small input.
 The server must stay up; a probe (one REST and one gRPC predict every 50 ms, from a process of
-its own: tests/fuzz_probe.py) must always be answered, with a p99 under PROBE_P99_MS over the transport's whole
-run; the server's RSS must end within 10% of what it was after a warm-up. REST surfaces are
-fuzzed once, against the first transport's server: the HTTP server is the same whichever gRPC
-transport runs beside it (bench/fuzz.py, the longer soak with random seeds, fuzzes them on both).
+its own: tests/fuzz_probe.py) must always be answered, with a p99 under PROBE_P99_MS over the
+transport's whole run; the server's RSS must end within 10% of what it was after a warm-up.
+REST surfaces are fuzzed once, against the first transport's server: the HTTP server is the
+same whichever gRPC transport runs beside it (bench/fuzz.py, the soak, fuzzes them on both).
 """
 import pytest
 
