@@ -53,6 +53,10 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       cpu_devices: 1                     # split the CPU into this many TensorFlow devices (CPU:0..N-1)
       check_before_available: true       # run every signature once before a version serves (warm-up
                                          #   records, else a synthetic request); false skips the synthetic runs
+      custom_op_libraries: []            # TensorFlow op libraries (.so) loaded before any model (tf.load_op_library)
+      import_modules: []                 # Python modules imported before any model (tensorflow_text registers its ops)
+      model_cache_dir: ""                # local copies of versions served from object storage (s3://, gs://, any
+                                         #   fsspec URL as base_path); "" = a temporary directory of this process
     models:
       - name: half_plus_two
         base_path: models/half_plus_two  # relative paths are relative to this file
@@ -65,6 +69,9 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
         devices: []                      # run this model's batches on these devices (CPU:N, GPU:N): one
                                          #   instance and group of batch threads per device; needs batching
         instances_per_device: 1          # batch threads per device (like Triton's instance groups)
+        response_cache:                  # answer a request seen before from memory (default: no cache)
+          max_entries: 1024              #   least recently used entries go beyond these
+          max_bytes: 67108864
         batching:                        # dynamic batching for this model (TF Serving's BatchingParameters)
           max_batch_size: 1000           # rows per batch; also the largest request accepted
           batch_timeout_micros: 0        # a batch closes when full or when its oldest request waited this long
@@ -74,6 +81,18 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
           pad_variable_length_inputs: false  # batch inputs whose non-batch dims differ, zero-padded
           enable_large_batch_splitting: false  # split requests across batches of max_execution_batch_size
           max_execution_batch_size: 0    # 0 = max_batch_size
+          # fastserve's own: latency-aware scheduling and queue policies
+          target_latency_ms: 0           # close a batch when waiting longer would put its oldest request past
+                                         #   this (given the measured run time per batch size), or when no
+                                         #   arrival is expected soon; batch_timeout_micros (default: the
+                                         #   target) stays the longest wait; 0 = off (TF Serving's behaviour)
+          priority_levels: 1             # request priorities 1 (highest) .. N: higher levels fill batches first
+          default_priority_level: 0      # the level of a request that names none (0 = the lowest)
+          max_queue_delay_ms: 0          # a request that waited longer is answered UNAVAILABLE, never run
+          max_queue_size: 0              # rows waiting at one level; more are refused at once (429 /
+                                         #   RESOURCE_EXHAUSTED); 0 = only max_enqueued_batches bounds it
+          priority_queue_policy: {}      # per level: {1: {max_queue_delay_ms: 5, max_queue_size: 64}}
+          max_concurrent_batches: 0      # batches of this model running at once (0 = one per batch thread)
 """
 import os
 from dataclasses import dataclass, field, replace
@@ -118,6 +137,13 @@ class ModelConfig:
     batching: "BatchingConfig | None" = None  # None: no batching unless the server enables it
     devices: tuple[str, ...] = ()  # TensorFlow device names; () = TensorFlow places the model
     instances_per_device: int = 1
+    response_cache: "ResponseCacheConfig | None" = None  # None: no cache
+
+
+@dataclass(frozen=True)
+class ResponseCacheConfig:
+    max_entries: int = 1024
+    max_bytes: int = 64 * 1024 * 1024
 
 
 LOAD_POLICIES = ("availability_preserving", "resource_preserving")
@@ -166,6 +192,9 @@ class ServerConfig:
     batching_parameters: "BatchingConfig | None" = None  # for every model when enable_batching is set
     cpu_devices: int = 1
     check_before_available: bool = True
+    custom_op_libraries: tuple[str, ...] = ()
+    import_modules: tuple[str, ...] = ()
+    model_cache_dir: str = ""
     model_config_file: str = ""  # where the model list came from, for reloads
     model_config_format: str = ""  # "yaml" or "text_proto" (TF Serving's ModelServerConfig)
     models: tuple[ModelConfig, ...] = ()
@@ -230,13 +259,17 @@ _SERVER_TYPES = {
     "batching_parameters": dict,
     "cpu_devices": int,
     "check_before_available": bool,
+    "custom_op_libraries": list,
+    "import_modules": list,
+    "model_cache_dir": str,
 }
+_LIST_KEYS = ("saved_model_tags", "custom_op_libraries", "import_modules")  # lists of strings, kept as tuples
 # Transport limits that must be positive, and those where 0 means "automatic" or "none".
 _LIMITS_AT_LEAST_1 = ("rest_max_header_bytes", "rest_max_url_bytes", "rest_max_pipelined_requests")
 _LIMITS_AT_LEAST_0 = ("rest_max_connections", "rest_header_timeout_seconds", "rest_idle_timeout_seconds", "grpc_max_connections",
                       "grpc_max_concurrent_streams")
 _MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "check_before_available", "batching",
-               "devices", "instances_per_device")
+               "devices", "instances_per_device", "response_cache")
 
 
 def load_yaml(path: str) -> ServerConfig:
@@ -253,8 +286,11 @@ def load_yaml(path: str) -> ServerConfig:
     server = _server_options(_mapping(doc.get("server") or {}, "server"))
     root = Path(path).resolve().parent
     _read_security_files(server, root)
-    if server.get("model_root"):
-        server["model_root"] = os.path.normpath(root / server["model_root"])
+    for key in ("model_root", "model_cache_dir"):
+        if server.get(key):
+            server[key] = os.path.normpath(root / server[key])
+    if server.get("custom_op_libraries"):
+        server["custom_op_libraries"] = tuple(os.path.normpath(root / p) for p in server["custom_op_libraries"])
     models = doc.get("models") or []
     if not isinstance(models, list):
         raise ConfigError("models: must be a list of models")
@@ -281,7 +317,7 @@ def _server_options(section: dict) -> dict:
         if isinstance(value, bool) and expected is not bool or not isinstance(value, expected):
             names = "/".join(t.__name__ for t in expected) if isinstance(expected, tuple) else expected.__name__
             raise ConfigError(f"server.{key}: expected {names}, got {value!r}")
-        out[key] = tuple(str(t) for t in value) if key == "saved_model_tags" else value
+        out[key] = tuple(str(t) for t in value) if key in _LIST_KEYS else value
     for port in ("grpc_port", "rest_port"):
         if port in out and not 0 <= out[port] <= 65535:
             raise ConfigError(f"server.{port}: {out[port]} is not a port number")
@@ -401,7 +437,17 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
         check_before_available=check,
         batching=None if doc.get("batching") is None else batching_config(doc["batching"], f"{where}.batching"),
         **_placement(doc, where),
+        response_cache=None if doc.get("response_cache") is None else _response_cache(doc["response_cache"], f"{where}.response_cache"),
     )
+
+
+def _response_cache(doc, where: str) -> ResponseCacheConfig:
+    doc = _mapping(doc, where)
+    _known(doc, ("max_entries", "max_bytes"), where)
+    for key, value in doc.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where}.{key}: expected a positive integer, got {value!r}")
+    return ResponseCacheConfig(**doc)
 
 
 def _placement(doc: dict, where: str) -> dict:
@@ -544,6 +590,14 @@ class BatchingConfig:
     pad_variable_length_inputs: bool = False
     enable_large_batch_splitting: bool = False
     max_execution_batch_size: int = 0  # 0 = max_batch_size
+    # fastserve's own, beside TF Serving's (models.yaml): latency-aware scheduling and queue policies
+    target_latency_ms: float = 0  # 0 = off: a batch closes when full or at batch_timeout_micros, as TF Serving's
+    priority_levels: int = 1
+    default_priority_level: int = 0  # 0 = the lowest (priority_levels)
+    max_queue_delay_ms: float = 0  # every level's, unless priority_queue_policy says otherwise; 0 = none
+    max_queue_size: int = 0  # rows waiting at one level; 0 = only max_enqueued_batches bounds the queue
+    priority_queue_policy: tuple[tuple[int, "QueuePolicy"], ...] = ()  # (level, its own policy)
+    max_concurrent_batches: int = 0  # batches of the model running at once, all versions; 0 = one per batch thread
 
     @property
     def execution_batch_size(self) -> int:
@@ -551,6 +605,26 @@ class BatchingConfig:
         if self.enable_large_batch_splitting and self.max_execution_batch_size:
             return self.max_execution_batch_size
         return self.max_batch_size
+
+    @property
+    def timeout_seconds(self) -> float:
+        """The longest a batch waits for more rows: batch_timeout_micros; with a latency target
+        and no timeout of its own, the target."""
+        if self.batch_timeout_micros or not self.target_latency_ms:
+            return self.batch_timeout_micros / 1e6
+        return self.target_latency_ms / 1e3
+
+    @property
+    def default_level(self) -> int:
+        return self.default_priority_level or self.priority_levels
+
+    def level(self, priority: int) -> int:
+        """The level (1 = highest) of a request's priority: 0 or one past the last level is the
+        default level, as Triton's."""
+        return priority if 0 < priority <= self.priority_levels else self.default_level
+
+    def queue_policy(self, level: int) -> "QueuePolicy":
+        return dict(self.priority_queue_policy).get(level, QueuePolicy(self.max_queue_delay_ms, self.max_queue_size))
 
     def padded_size(self, rows: int) -> int:
         """The batch size a batch of `rows` runs at: the next allowed size, else rows."""
@@ -560,6 +634,15 @@ class BatchingConfig:
         return rows
 
 
+@dataclass(frozen=True)
+class QueuePolicy:
+    """What one priority level's queue allows."""
+
+    max_queue_delay_ms: float = 0  # a request that waited longer is answered UNAVAILABLE, never run; 0 = no limit
+    max_queue_size: int = 0  # rows; a request beyond it is refused at once (RESOURCE_EXHAUSTED); 0 = no limit
+
+
+_QUEUE_POLICY_TYPES = {"max_queue_delay_ms": (int, float), "max_queue_size": int}
 _BATCHING_TYPES = {
     "max_batch_size": int,
     "batch_timeout_micros": int,
@@ -569,6 +652,13 @@ _BATCHING_TYPES = {
     "pad_variable_length_inputs": bool,
     "enable_large_batch_splitting": bool,
     "max_execution_batch_size": int,
+    "target_latency_ms": (int, float),
+    "priority_levels": int,
+    "default_priority_level": int,
+    "max_queue_delay_ms": (int, float),
+    "max_queue_size": int,
+    "priority_queue_policy": dict,
+    "max_concurrent_batches": int,
 }
 
 
@@ -576,16 +666,21 @@ def batching_config(values, where: str) -> BatchingConfig:
     """Validate a batching section (models.yaml, or a parsed BatchingParameters)."""
     values = dict(_mapping(values, where))
     _known(values, tuple(_BATCHING_TYPES), where)
-    for key, value in values.items():
-        expected = _BATCHING_TYPES[key]
-        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
-            raise ConfigError(f"{where}.{key}: expected {expected.__name__}, got {value!r}")
-    for key in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
+    _typed(values, _BATCHING_TYPES, where)
+    for key in ("max_batch_size", "max_enqueued_batches", "num_batch_threads", "priority_levels"):
         if key in values and values[key] < 1:
             raise ConfigError(f"{where}.{key}: must be at least 1, got {values[key]}")
-    for key in ("batch_timeout_micros", "max_execution_batch_size"):
+    for key in ("batch_timeout_micros", "max_execution_batch_size", "target_latency_ms", "default_priority_level",
+                "max_queue_delay_ms", "max_queue_size", "max_concurrent_batches"):
         if key in values and values[key] < 0:
             raise ConfigError(f"{where}.{key}: must not be negative, got {values[key]}")
+    levels = values.get("priority_levels", 1)
+    if values.get("default_priority_level", 0) > levels:
+        raise ConfigError(f"{where}.default_priority_level: must be a level from 1 to priority_levels ({levels})")
+    if "priority_queue_policy" in values:
+        model_wide = {k: values[k] for k in _QUEUE_POLICY_TYPES if k in values}
+        values["priority_queue_policy"] = _queue_policies(values["priority_queue_policy"], levels, model_wide,
+                                                          f"{where}.priority_queue_policy")
     sizes = values.get("allowed_batch_sizes", [])
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes):
         raise ConfigError(f"{where}.allowed_batch_sizes: expected positive integers, got {sizes!r}")
@@ -602,6 +697,31 @@ def batching_config(values, where: str) -> BatchingConfig:
                 f"{where}.allowed_batch_sizes: the final entry ({sizes[-1]}) must equal {limit} ({config.execution_batch_size})"
             )
     return config
+
+
+def _typed(values: dict, types: dict, where: str) -> None:
+    for key, value in values.items():
+        expected = types[key]
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            name = expected.__name__ if isinstance(expected, type) else "number"
+            raise ConfigError(f"{where}.{key}: expected {name}, got {value!r}")
+
+
+def _queue_policies(doc: dict, levels: int, model_wide: dict, where: str) -> tuple[tuple[int, QueuePolicy], ...]:
+    """{level: {max_queue_delay_ms, max_queue_size}} of priority_queue_policy; what a level does
+    not say is the model's."""
+    policies = []
+    for level, policy in doc.items():
+        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= levels:
+            raise ConfigError(f"{where}.{level}: expected a priority level from 1 to priority_levels ({levels})")
+        policy = dict(_mapping(policy, f"{where}.{level}"))
+        _known(policy, tuple(_QUEUE_POLICY_TYPES), f"{where}.{level}")
+        _typed(policy, _QUEUE_POLICY_TYPES, f"{where}.{level}")
+        for key, value in policy.items():
+            if value < 0:
+                raise ConfigError(f"{where}.{level}.{key}: must not be negative, got {value}")
+        policies.append((level, QueuePolicy(**{**model_wide, **policy})))
+    return tuple(sorted(policies))
 
 
 def load_batching_parameters_file(path: str) -> BatchingConfig:

@@ -38,13 +38,14 @@ MAX_MESSAGE = 1024
 class ServingError(Exception):
     """A request failed with a canonical status code and a message a user can act on."""
 
-    def __init__(self, code: StatusCode, message: str, http_status: int | None = None):
+    def __init__(self, code: StatusCode, message: str, http_status: int | None = None, retry_after: int = 0):
         if len(message) > MAX_MESSAGE:
             message = message[: MAX_MESSAGE - 15] + " ... (truncated)"
         super().__init__(message)
         self.code = code
         self.message = message
         self._http_status = http_status  # only where HTTP has a more exact status (413)
+        self.retry_after = retry_after  # seconds after which a refused request may succeed (HTTP Retry-After); 0: unknown
 
     @property
     def http_status(self) -> int:

@@ -51,6 +51,9 @@ QUEUE_WAIT_SECONDS = Histogram(
 IN_FLIGHT = Gauge(
     "fastserve_in_flight_requests", "Requests accepted and not yet answered, by protocol.",
     ["protocol"], registry=REGISTRY)
+RESPONSE_CACHE = Counter(
+    "fastserve_response_cache", "Response cache lookups (hit, miss) and entries evicted (eviction), per model.",
+    ["model", "event"], registry=REGISTRY)
 REJECTED = Counter(
     "fastserve_rejected_requests", "Requests refused before reaching a model, by reason.",
     ["reason"], registry=REGISTRY)
@@ -236,13 +239,20 @@ BATCH_QUEUING_LATENCY = Histogram(
     ":tensorflow:serving:batching:queuing_latency", "Time a request waits in its batch queue, in microseconds.",
     ["model_name", "op_name"], buckets=_MICROSECOND_BUCKETS, registry=REGISTRY)
 
+BATCHES = Counter(
+    "fastserve_batches", "Batches run, by why they closed: full, timeout (batch_timeout_micros), target (waiting "
+    "longer would miss target_latency_ms), idle (no arrival worth waiting for).",
+    ["model", "version", "signature", "closed"], registry=REGISTRY)
+
 
 class _BatchSeries:
     """Pre-bound children for one batch queue (model, version, signature)."""
 
-    __slots__ = ("input_size", "processed_size", "padding", "queuing", "execution")
+    __slots__ = ("input_size", "processed_size", "padding", "queuing", "execution", "closed", "labels")
 
     def __init__(self, model: str, version: int, signature: str):
+        self.labels = (model, str(version), signature)
+        self.closed: dict[str, object] = {}  # why -> its counter
         self.input_size = BATCH_INPUT_SIZE.labels(model, signature)
         self.processed_size = BATCH_PROCESSED_SIZE.labels(model, signature)
         self.padding = BATCH_PADDING_SIZE.labels(model, signature)
@@ -283,6 +293,10 @@ def export_batching(stats) -> None:
             one.queuing.observe(wait * 1e6)
             one.execution.queue_wait.observe(wait)
         one.execution.execution.observe(record.execution_seconds)
+        closed = one.closed.get(record.closed)
+        if closed is None:
+            closed = one.closed[record.closed] = BATCHES.labels(*one.labels, record.closed)
+        closed.inc()
 
     stats.add_observer(observe)
     REGISTRY.register(_BatchQueueCollector(stats))

@@ -7,12 +7,13 @@ import threading
 import uvloop
 from grpc import StatusCode
 
-from fastserve import metrics, statistics, tls
+from fastserve import custom_ops, metrics, statistics, tls
 from fastserve.auth import TokenAuth
 from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import Scheduler
 from fastserve.config import BatchingConfig, ConfigError, ModelConfig, ServerConfig, check_model_root, read_model_list
 from fastserve.errors import ServingError
+from fastserve.pipeline.cache import ResponseCaches
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.manager import ModelManager
 from fastserve.servables.registry import Registry
@@ -47,7 +48,10 @@ class Server:
             metrics.disable_request_metrics()
         self.scheduler.stats.add_observer(statistics.batch_ran)
         self.manager.unload_listeners.append(self.scheduler.release_version)
-        self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements)
+        self.caches = ResponseCaches()
+        self.caches.configure(config.models)
+        self.manager.unload_listeners.append(self.caches.release_version)
+        self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements, self.caches)
         examples = ExampleInference(self.registry, self.pipeline)
         self.service = TFServingService(self.registry, self.monitor, examples, self.reload_models)
         self.health = Health(self.registry, self.manager.all_available, models_private=bool(config.auth_token))
@@ -64,6 +68,7 @@ class Server:
         """Serve until SIGTERM/SIGINT; returns the exit code."""
         rest_connections, grpc_connections = descriptors.connection_caps(
             self.config.rest_max_connections, self.config.grpc_max_connections, descriptors.raise_limit())
+        custom_ops.register(self.config)
         self.manager.start()
         self._log_models()
         addresses = [f"{self.config.host}:{self.config.grpc_port}"]
@@ -127,6 +132,7 @@ class Server:
                     raise ServingError(StatusCode.INVALID_ARGUMENT, str(exc)) from None
                 self.manager.reload(models, unload_all)
                 self.scheduler.configure(models)
+                self.caches.configure(models)
             except ServingError as exc:
                 log.error("model config reload rejected, the previous config keeps serving: %s", exc.message)
                 raise

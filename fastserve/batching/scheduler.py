@@ -10,21 +10,29 @@ Executor. For a batched model there is one BatchQueue per servable version x sig
   event loop ◄── one call_soon_threadsafe per batch and loop ──┘
 
 A batch closes when it has max_batch_size rows (max_execution_batch_size with
-splitting) of members someone still waits for, or when its oldest task has waited
-batch_timeout_micros. Members whose deadline passed or whose client went away are
-dropped as it closes, never copied nor computed, and their answers go back at once.
-Tasks whose non-batch shapes differ go to different batches unless
-pad_variable_length_inputs is set. The queue holds at most max_enqueued_batches x
-max_batch_size rows; beyond that a request is rejected at once with TF Serving's
-UNAVAILABLE status.
+splitting) of members someone still waits for ("full"), or when its oldest task has
+waited batch_timeout_micros ("timeout"); with target_latency_ms, also when waiting longer
+would miss the target or no arrival is worth waiting for (batching/latency.py: "target",
+"idle"). Members whose deadline passed or whose client went away are dropped as it
+closes, never copied nor computed, and their answers go back at once. Tasks whose
+non-batch shapes differ go to different batches unless pad_variable_length_inputs is set.
+
+Each priority level has its own queue; batches take the highest level's tasks first.
+A level holds at most max_enqueued_batches x max_batch_size rows (beyond: TF Serving's
+UNAVAILABLE), or its max_queue_size (beyond: RESOURCE_EXHAUSTED at once, with when to
+retry); a task that waited longer than its level's max_queue_delay_ms is answered
+UNAVAILABLE and never runs. max_concurrent_batches bounds the batches of one model
+running at once: a formed batch waits for its turn.
 
 Every queued task holds a reference on its servable version (hold/release), so a
 version is never freed under queued or running work; the manager releases a
 version's queues once it has drained (release_version).
 """
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import threading
 import time
 
@@ -35,6 +43,7 @@ from fastserve import metrics
 from fastserve._native.task_queue import TaskQueue
 from fastserve.batching.assembler import BatchAssembler
 from fastserve.batching.executor import Executor
+from fastserve.batching.latency import LatencyModel
 from fastserve.batching.stats import BatchRecord, BatchStats
 from fastserve.batching import devices
 from fastserve.config import BatchingConfig, ConfigError, ServerConfig
@@ -46,6 +55,7 @@ from fastserve.servables.signature import Signature
 log = logging.getLogger(__name__)
 
 QUEUE_FULL = "The batch scheduling queue to which this task was submitted is full"
+QUEUE_TIMEOUT = "Request timeout expired"  # Triton's words for a request past its queue delay
 
 
 class _Task:
@@ -54,9 +64,10 @@ class _Task:
     consecutive row ranges of it may run in different batches; `offset` is the first row
     no batch has taken yet."""
 
-    __slots__ = ("members", "rows", "output_keys", "batch_key", "loop", "answer", "enqueued", "offset", "parts", "lock")
+    __slots__ = ("members", "rows", "output_keys", "batch_key", "loop", "answer", "enqueued", "offset", "parts", "lock", "level")
 
-    def __init__(self, members: list[Member], output_keys, batch_key, loop, answer: Answer):
+    def __init__(self, members: list[Member], output_keys, batch_key, loop, answer: Answer, level: "_Level"):
+        self.level = level
         self.members = members
         self.rows = sum(m.rows for m in members)
         self.output_keys = output_keys
@@ -99,30 +110,50 @@ class _Task:
         return dropped + ([(cancelled_, cancelled())] if cancelled_ else [])
 
 
+class _Level:
+    """One priority level's queue. `carry`: its tasks popped from the queue but not (fully)
+    batched yet, oldest first; only the batch-forming thread touches it, and its rows still
+    count against the queue's bound until batched."""
+
+    __slots__ = ("number", "queue", "carry", "max_rows", "max_delay")
+
+    def __init__(self, number: int, config: BatchingConfig):
+        policy = config.queue_policy(number)
+        self.number = number
+        self.max_rows = policy.max_queue_size  # 0: TF Serving's bound only
+        self.queue = TaskQueue(self.max_rows or config.max_enqueued_batches * config.max_batch_size)
+        self.carry: list[_Task] = []
+        self.max_delay = policy.max_queue_delay_ms / 1e3  # 0: none
+
+    def waited_too_long(self, task: _Task, now: float) -> bool:
+        return self.max_delay > 0 and task.offset == 0 and now - task.enqueued > self.max_delay
+
+
 class BatchQueue:
-    """The queue and batch threads of one servable version x signature."""
+    """The queues and batch threads of one servable version x signature."""
 
     def __init__(self, servable: ServableVersion, signature: Signature, config: BatchingConfig, stats: BatchStats,
-                 devices: tuple[str, ...] = (), instances_per_device: int = 1):
+                 devices: tuple[str, ...] = (), instances_per_device: int = 1, turns: threading.Semaphore | None = None):
         self.key = (servable.name, servable.version, signature.key)
         self.config = config
         self._servable = servable
         self._signature = signature
         self._stats = stats
         self._capacity = config.execution_batch_size
-        self._queue = TaskQueue(config.max_enqueued_batches * config.max_batch_size)
-        # Popped from the queue but not (fully) batched yet, oldest first; only the batch-forming
-        # thread touches it. Its rows still count against the queue's bound until batched.
-        self._carry: list[_Task] = []
+        self._levels = [_Level(number, config) for number in range(1, config.priority_levels + 1)]
         self._forming = threading.Lock()  # one thread forms a batch at a time
+        self._turns = turns or contextlib.nullcontext()  # the model's max_concurrent_batches
+        self._turns_limited = turns is not None
         self._wake = threading.Event()
         self._sleeping = False
         self._wake_rows = 1  # a sleeping batch thread wants waking once this many rows wait
         self._closed = False
-        stats.watch_queue(self.key, lambda: (len(self._queue) + len(self._carry), self._queue.rows))
+        stats.watch_queue(self.key, self._waiting)
         # instances_per_device batch threads per device, each running the version's instance
         # on its device; else num_batch_threads threads running the one instance.
         placement = [d for d in devices for _ in range(instances_per_device)] or [None] * config.num_batch_threads
+        concurrent = min(len(placement), config.max_concurrent_batches or len(placement))
+        self._latency = LatencyModel(config.target_latency_ms / 1e3, concurrent) if config.target_latency_ms else None
         self._threads = [
             threading.Thread(target=self._work, args=(device,), name=f"fastserve-batch-{servable.name}-{i}", daemon=True)
             for i, device in enumerate(placement)
@@ -140,14 +171,40 @@ class BatchQueue:
             raise invalid_argument(f"Task size {rows} is larger than maximum input batch size {self.config.max_batch_size}")
         for member in members:
             member.inputs = {k: v if v.dtype.hasobject else np.ascontiguousarray(v) for k, v in member.inputs.items()}
-        task = _Task(members, output_keys, self._batch_key(members[0].inputs, output_keys), asyncio.get_running_loop(), answer)
+        level = self._levels[self.config.level(members[0].priority) - 1]
+        task = _Task(members, output_keys, self._batch_key(members[0].inputs, output_keys), asyncio.get_running_loop(), answer,
+                     level)
         self._servable.hold()  # released when the task's last rows have run, or it is dropped
-        if self._closed or not self._queue.push(task, rows):
+        if self._closed or not level.queue.push(task, rows):
             self._servable.release()
-            metrics.rejected("queue_full", len(members))
-            raise ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
-        if self._sleeping and self._queue.rows >= self._wake_rows:
+            raise self._refusal(level, len(members))
+        if self._latency is not None:
+            self._latency.arrived(rows, task.enqueued)
+        if self._sleeping and self._queued_rows() >= self._wake_rows:
             self._wake.set()  # not on every push: a forming batch waits until it can fill or times out
+
+    def _refusal(self, level: _Level, requests: int) -> ServingError:
+        """The answer to a task its level has no room for."""
+        if not level.max_rows or self._closed:
+            metrics.rejected("queue_full", requests)
+            return ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
+        metrics.rejected("max_queue_size", requests)
+        rate = self._latency.rows_per_second(self._capacity) if self._latency is not None else 0.0
+        retry = math.ceil(level.queue.rows / rate) if rate > 0 else 1  # when the queue has likely drained
+        name = self.key[0]
+        return ServingError(
+            StatusCode.RESOURCE_EXHAUSTED,
+            f"Model {name} is overloaded: priority level {level.number} already holds its max_queue_size of "
+            f"{level.max_rows} rows; retry later",
+            retry_after=max(1, retry),
+        )
+
+    def _queued_rows(self) -> int:
+        return sum(level.queue.rows for level in self._levels)
+
+    def _waiting(self) -> tuple[int, int]:
+        """(tasks, rows) waiting, for metrics."""
+        return (sum(len(level.queue) + len(level.carry) for level in self._levels), self._queued_rows())
 
     def _batch_key(self, inputs, output_keys):
         """Tasks batch together only when this key is equal."""
@@ -164,55 +221,80 @@ class BatchQueue:
         assembler = BatchAssembler(self.config.pad_variable_length_inputs)
         while True:
             with self._forming:
-                pieces, dropped = self._next_batch()
+                pieces, dropped, why = self._next_batch()
             self._post(dropped)
             if pieces is None:
                 return
             if pieces:
-                self._execute(pieces, signature, assembler)
+                with self._turns:
+                    if self._turns_limited:  # members may have gone while the batch waited for its turn
+                        dropped = []
+                        pieces, _ = self._closing(pieces, dropped)
+                        self._post(dropped)
+                    if pieces:
+                        self._execute(pieces, signature, assembler, why)
 
     def _next_batch(self):
         """([(task, start, stop)] totalling at most the batch capacity, or None once closed and
-        empty; the answers of the members dropped on the way). A batch closes full of rows that
-        someone still waits for: members that expired or were cancelled while it formed are
-        taken out as it closes, and the rows they free are filled again until it times out."""
-        timeout = self.config.batch_timeout_micros / 1e6
-        pieces, rows, key, deadline, dropped = [], 0, None, 0.0, []
+        empty; the answers of the members dropped on the way; why the batch closed). A batch
+        closes full of rows that someone still waits for: members that expired or were
+        cancelled while it formed are taken out as it closes, and the rows they free are
+        filled again until it times out. Higher priority levels' tasks join it first."""
+        timeout = self.config.timeout_seconds
+        pieces, rows, key, oldest, dropped = [], 0, None, 0.0, []
+        self._drop_waited_too_long(dropped)
         while True:
-            timed_out = False
+            why = None
             while rows < self._capacity:
-                index = self._find(key)
-                if index is None:
-                    if pieces and (timeout <= 0 or time.monotonic() >= deadline):
-                        timed_out = True
-                        break
-                    if not pieces and self._closed:
-                        return None, dropped
-                    self._sleep(deadline - time.monotonic() if pieces else None, self._capacity - rows)
+                found = self._find(key)
+                if found is None:
+                    now = time.monotonic()
+                    if pieces:
+                        why, wake_at, wanted = self._waits(now, oldest, oldest + timeout, rows)
+                        if why is not None:
+                            break
+                        self._sleep(wake_at - now, wanted)
+                        continue
+                    if self._closed:
+                        return None, dropped, None
+                    self._sleep(None, self._capacity)
                     continue
-                task = self._carry[index]
+                level, index = found
+                task = level.carry[index]
                 if task.offset == 0 and self._drop_gone(task, dropped, time.monotonic()):
-                    del self._carry[index]  # no one waits for any of it
+                    del level.carry[index]  # no one waits for any of it
                     continue
                 take = min(task.rows - task.offset, self._capacity - rows)
                 if take < task.rows - task.offset and not self.config.enable_large_batch_splitting:
+                    why = "full"
                     break  # does not fit: it starts the next batch
                 if not pieces:
-                    key, deadline = task.batch_key, task.enqueued + timeout
+                    key, oldest = task.batch_key, task.enqueued
+                oldest = min(oldest, task.enqueued)  # a higher level's task may have joined first
                 if take < task.rows and task.parts is None:  # split across batches
                     task.lock, task.parts = threading.Lock(), {}
                 pieces.append((task, task.offset, task.offset + take))
                 task.offset += take
                 rows += take
-                self._queue.rows_done(take)
+                level.queue.rows_done(take)
                 if task.offset == task.rows:
-                    del self._carry[index]
+                    del level.carry[index]
             pieces, freed = self._closing(pieces, dropped)
             rows -= freed
-            if timed_out or not freed:
-                return pieces, dropped
+            if (why is not None and why != "full") or not freed:
+                return pieces, dropped, why or "full"
             if not pieces:
                 key = None  # all of it was gone: a new batch starts with the next task
+
+    def _waits(self, now: float, oldest: float, deadline: float, rows: int) -> tuple[str | None, float, int]:
+        """With nothing more queued for a batch of `rows`: why it closes now, else (None, when to
+        look again, how many more rows queued should wake its thread)."""
+        if now >= deadline:
+            return "timeout", 0.0, 0
+        if self._latency is None:
+            return None, deadline, self._capacity - rows
+        why, when, wanted = self._latency.close_at(now, oldest, rows, self._capacity)
+        return why, min(when, deadline), wanted
 
     def _closing(self, pieces, dropped: list) -> tuple[list, int]:
         """The batch as it closes, without the members gone since they joined it (of the tasks
@@ -230,44 +312,72 @@ class BatchQueue:
         return kept, freed
 
     def _drop_gone(self, task: _Task, dropped: list, now: float) -> bool:
-        """Drop the task's gone members (their answers go to `dropped`); True when none is left."""
+        """Drop the task's gone members (their answers go to `dropped`), all of them when it waited
+        longer than its level allows; True when none is left."""
         before = task.rows
-        for members, error in task.drop_gone(now):
-            dropped.append((task, members, None, error))
+        if task.level.waited_too_long(task, now):
+            dropped.append((task, task.members, None, ServingError(StatusCode.UNAVAILABLE, QUEUE_TIMEOUT)))
+            metrics.rejected("max_queue_delay", len(task.members))
+            task.members, task.rows = [], 0
+        else:
+            for members, error in task.drop_gone(now):
+                dropped.append((task, members, None, error))
         if task.rows == before:
             return False
         if task.offset == 0:  # still counted in the queue's rows
-            self._queue.rows_done(before - task.rows)
+            task.level.queue.rows_done(before - task.rows)
         task.offset = min(task.offset, task.rows)
         if task.members:
             return False
         self._servable.release()
         return True
 
-    def _find(self, key) -> int | None:
-        """Index in the carry list of the oldest task that can join a batch of `key`
-        (any task when key is None), taking tasks from the queue as needed."""
-        searched = 0
-        while True:
-            for index in range(searched, len(self._carry)):
-                if key is None or self._carry[index].batch_key == key:
-                    return index
-            searched = len(self._carry)
-            taken = self._queue.pop_many(self._capacity)
-            if not taken:
-                return None
-            self._carry.extend(taken)
+    def _drop_waited_too_long(self, dropped: list) -> None:
+        """Answer the tasks of levels with a max_queue_delay_ms that waited longer (a busy
+        queue's lower levels may not be looked at otherwise)."""
+        now = time.monotonic()
+        for level in self._levels:
+            if level.max_delay > 0:
+                while taken := level.queue.pop_many(self._capacity):
+                    level.carry.extend(taken)
+                kept = []
+                for task in level.carry:
+                    if level.waited_too_long(task, now):
+                        self._drop_gone(task, dropped, now)
+                    else:
+                        kept.append(task)
+                level.carry = kept
+
+    def _find(self, key) -> tuple[_Level, int] | None:
+        """(level, index in its carry list) of the oldest task of the highest level that can join
+        a batch of `key` (any task when key is None), taking tasks from the queues as needed."""
+        for level in self._levels:
+            carry, searched = level.carry, 0
+            while True:
+                for index in range(searched, len(carry)):
+                    if key is None or carry[index].batch_key == key:
+                        return level, index
+                searched = len(carry)
+                taken = level.queue.pop_many(self._capacity)
+                if not taken:
+                    break
+                carry.extend(taken)
+        return None
 
     def _sleep(self, timeout: float | None, wanted_rows: int) -> None:
         self._wake.clear()
-        # The carry's rows still count in the queue's rows: wait for that many more.
-        self._wake_rows = sum(t.rows - t.offset for t in self._carry) + wanted_rows if timeout is not None else 1
+        # The carries' rows still count in the queues' rows: wait for that many more.
+        if timeout is not None:
+            carried = sum(t.rows - t.offset for level in self._levels for t in level.carry)
+            self._wake_rows = carried + max(1, wanted_rows)
+        else:
+            self._wake_rows = 1
         self._sleeping = True
-        if not len(self._queue) and not self._closed:  # re-check: a push may have missed the flag
+        if not any(len(level.queue) for level in self._levels) and not self._closed:  # a push may have missed the flag
             self._wake.wait(timeout)
         self._sleeping = False
 
-    def _execute(self, pieces, signature: Signature, assembler: BatchAssembler) -> None:
+    def _execute(self, pieces, signature: Signature, assembler: BatchAssembler, why: str) -> None:
         start = time.monotonic()
         rows = sum(stop - begin for _, begin, stop in pieces)
         padded = self.config.padded_size(rows)
@@ -296,8 +406,11 @@ class BatchQueue:
             log.exception("batch of %s failed", self.key)
             error = ServingError(StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             results = [(task, a, b, None, error) for task, a, b in pieces]
+        seconds = time.monotonic() - start
+        if self._latency is not None:
+            self._latency.ran(padded, seconds)
         self._stats.record(  # before the results: a client that has its answer sees its batch counted
-            BatchRecord(self.key, len(pieces), rows, padded, tuple(start - t.enqueued for t, _, _ in pieces), time.monotonic() - start)
+            BatchRecord(self.key, len(pieces), rows, padded, tuple(start - t.enqueued for t, _, _ in pieces), seconds, why)
         )
         self._deliver(results)
 
@@ -383,6 +496,7 @@ class Scheduler:
         self._server_config = config
         self._batching: dict[str, BatchingConfig | None] = {}
         self._placement: dict[str, tuple[tuple[str, ...], int]] = {}
+        self._turns: dict[tuple[str, int], threading.Semaphore] = {}  # (model, max_concurrent_batches) -> its turns
         try:
             devices.split_cpu(config.cpu_devices)
         except RuntimeError as exc:
@@ -449,7 +563,11 @@ class Scheduler:
         with self._lock:
             queue = self._queues.get((servable, signature.key))
             if queue is None:
-                queue = BatchQueue(servable, signature, config, self.stats, *self._placement.get(servable.name, ((), 1)))
+                turns = None
+                if config.max_concurrent_batches:  # shared by the model's versions and signatures
+                    key = (servable.name, config.max_concurrent_batches)
+                    turns = self._turns.setdefault(key, threading.Semaphore(config.max_concurrent_batches))
+                queue = BatchQueue(servable, signature, config, self.stats, *self._placement.get(servable.name, ((), 1)), turns)
                 self._queues[(servable, signature.key)] = queue
             return queue
 

@@ -18,6 +18,7 @@ class BatchRecord:
     padded_rows: int  # rows the model ran (rows + padding)
     queue_wait_seconds: tuple[float, ...]  # per task: from enqueue to the batch's start
     execution_seconds: float  # assembling, running and splitting the batch
+    closed: str = "full"  # why it closed: full, timeout, target (latency target), idle (nothing worth waiting for)
 
 
 @dataclass

@@ -27,7 +27,7 @@ class InferenceCall(Member):
     implements `inputs_for` and `encode`; the others have the TF Serving Predict meaning."""
 
     __slots__ = ("entrypoint", "model", "version", "label", "signature_key", "output_filter", "started", "reply", "reply_to",
-                 "answered")
+                 "answered", "cache_key")
     api = "Predict"
 
     def __init__(self, model: str, version: int | None, label: str | None, signature_key: str, output_filter=()):
@@ -36,12 +36,14 @@ class InferenceCall(Member):
         self.rows = 0
         self.deadline = None
         self.cancelled = False
+        self.priority = 0
         self.model = model
         self.version = version
         self.label = label
         self.signature_key = signature_key
         self.output_filter = tuple(output_filter) if output_filter else ()
         self.answered = False
+        self.cache_key = None  # with a response cache: where its outputs go
         # Set by the transport that brought it (entrypoint "": a part of a request, as
         # MultiInference's tasks are: counted by that request):
         self.entrypoint = ""  # "GRPC" or "REST", for metrics

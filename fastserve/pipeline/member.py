@@ -11,20 +11,21 @@ from typing import Callable
 import numpy as np
 from grpc import StatusCode
 
-from fastserve.errors import ServingError
+from fastserve.errors import ServingError, invalid_argument
 
 EXPIRED_MESSAGE = "Deadline exceeded: the request expired before the model ran"
 CANCELLED_MESSAGE = "Cancelled"
 
 
 class Member:
-    __slots__ = ("inputs", "rows", "deadline", "cancelled")
+    __slots__ = ("inputs", "rows", "deadline", "cancelled", "priority")
 
-    def __init__(self, inputs: dict[str, np.ndarray] | None, rows: int, deadline: float | None = None):
+    def __init__(self, inputs: dict[str, np.ndarray] | None, rows: int, deadline: float | None = None, priority: int = 0):
         self.inputs = inputs
         self.rows = rows
         self.deadline = deadline  # on the time.monotonic() clock; None: none
         self.cancelled = False  # set on its event loop when the client has gone (it has been answered)
+        self.priority = priority  # 1 = highest; 0 = the model's default level
 
     def gone(self, now: float) -> StatusCode | None:
         """Why no one waits for this member's answer any more (None: someone does)."""
@@ -33,6 +34,20 @@ class Member:
         if self.deadline is not None and now >= self.deadline:
             return StatusCode.DEADLINE_EXCEEDED
         return None
+
+
+PRIORITY_KEY = "fastserve-priority"  # the HTTP header and gRPC metadata key of a request's priority level
+
+
+def priority_level(value) -> int:
+    """A request's priority from a header, metadata or request parameter: 1 (highest) and up;
+    0 or past the model's last level means its default level."""
+    given = value.decode("latin-1") if isinstance(value, bytes) else value
+    if isinstance(given, str):
+        value = int(given) if given.isascii() and given.isdigit() and len(given) <= 18 else None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise invalid_argument(f"priority must be a non-negative integer (1 = the highest level), got {str(given)[:40]!r}")
+    return value
 
 
 def deadline_after(seconds: float | None) -> float | None:

@@ -2,8 +2,8 @@
 
 A transport hands over the inference calls that arrived together (one wake-up of its
 event loop; a lone call is a group of one). Calls for the same version and signature,
-of the same kind, asking for the same outputs with inputs of the same dtypes and shapes
-form a group: one lookup, one validation and admission, and their rows queued together;
+of the same kind and priority, asking for the same outputs with inputs of the same dtypes
+and shapes form a group: one lookup, one validation and admission, and their rows queued together;
 the scheduler batches them (or runs each, for a model without batching) and the answers
 are written per call. Every call keeps its own deadline and cancellation: one that dies
 while queued is answered at once and its rows are never computed.
@@ -24,6 +24,7 @@ from grpc import StatusCode
 from fastserve import limits, metrics, statistics
 from fastserve.errors import ServingError, internal
 from fastserve.logs import request_log
+from fastserve.pipeline.cache import ResponseCache, ResponseCaches
 from fastserve.pipeline.call import InferenceCall
 from fastserve.pipeline.member import cancelled, expired
 from fastserve.servables.registry import Registry, ServableHandle
@@ -32,10 +33,11 @@ from fastserve.servables.signature import Signature
 log = logging.getLogger(__name__)
 
 class Pipeline:
-    def __init__(self, registry: Registry, scheduler, max_tensor_elements: int = 0):
+    def __init__(self, registry: Registry, scheduler, max_tensor_elements: int = 0, caches: ResponseCaches | None = None):
         self._registry = registry
         self._scheduler = scheduler  # batching.scheduler.Scheduler
         self._max_elements = max_tensor_elements
+        self._caches = caches or ResponseCaches()
 
     # ------------------------------------------------------------ entry points
 
@@ -63,7 +65,7 @@ class Pipeline:
                 self._finish([call], _as_serving_error(exc))
                 continue
             shapes = tuple([(name, array.dtype, array.shape) for name, array in call.inputs.items()])
-            key = (handle.servable, signature.key, call.__class__, call.output_filter, shapes)
+            key = (handle.servable, signature.key, call.__class__, call.output_filter, shapes, call.priority)
             group = groups.get(key)
             if group is None:
                 groups[key] = (handle, signature, [call])
@@ -118,11 +120,27 @@ class Pipeline:
         live = [call for call in calls if call.deadline is None or now < call.deadline]
         if len(live) < len(calls):
             self._finish([c for c in calls if c not in live], expired(), handle, signature)
+        cache = self._caches.get(handle.name)
+        if cache is not None:
+            live = self._answer_from_cache(cache, handle, signature, live, output_keys)
         if live:
             queued = time.perf_counter()
             statistics.decoded(handle.name, handle.version, [queued - call.started for call in live])
             answer = functools.partial(self._answer, handle.servable, signature, queued)
             self._scheduler.submit(handle, signature, live, output_keys, answer)
+
+    def _answer_from_cache(self, cache: ResponseCache, handle: ServableHandle, signature: Signature, calls: list[InferenceCall],
+                           output_keys: tuple[str, ...]) -> list[InferenceCall]:
+        """Answer the calls whose outputs the cache holds; the others, each with its cache key, go on."""
+        missed = []
+        for call in calls:
+            call.cache_key = cache.key(handle.version, signature.key, output_keys, call.inputs)
+            outputs = cache.get(call.cache_key)
+            if outputs is None:
+                missed.append(call)
+            else:
+                self._finish([call], None, handle, signature, [_encoded(call, handle, signature, outputs)])
+        return missed
 
     def _answer(self, servable, signature: Signature, queued: float, calls: list[InferenceCall], outputs: dict | None,
                 error: ServingError | None) -> None:
@@ -131,6 +149,10 @@ class Pipeline:
         if error is not None:
             self._finish(calls, error, handle, signature)
             return
+        cache = self._caches.get(handle.name) if calls[0].cache_key is not None else None
+        if cache is not None:  # (unless a reload removed it meanwhile)
+            for i, call in enumerate(calls):
+                cache.put(call.cache_key, _rows(outputs, calls, i))
         encoding = time.perf_counter()
         try:
             responses = type(calls[0]).encode_group(calls, handle, signature, outputs)

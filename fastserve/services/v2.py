@@ -18,6 +18,7 @@ from fastserve.codec import v2 as v2_codec
 from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
 from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
+from fastserve.pipeline.member import priority_level
 from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 from fastserve.services.health import Health
@@ -38,8 +39,9 @@ class V2Call(InferenceCall):
     api = "ModelInfer"
 
     def __init__(self, model: str, version: str, request_id: str, inputs: dict[str, np.ndarray], outputs: list[str],
-                 signature_name: str, shm_outputs: dict[str, shared_memory.Placement]):
+                 signature_name: str, shm_outputs: dict[str, shared_memory.Placement], priority: int = 0):
         super().__init__(model, _version_number(version), None, signature_name or DEFAULT_SIGNATURE, outputs)
+        self.priority = priority  # the request's parameters.priority, as Triton's
         self.id = request_id
         self._decoded = inputs
         self.shm_outputs = shm_outputs  # outputs to write into shared memory, not into the response
@@ -87,9 +89,12 @@ class GrpcV2Call(V2Call):
             else:
                 inputs[tensor.name] = v2_codec.from_contents(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
         shm_outputs = {o.name: place for o in request.outputs if (place := shared_memory.placement(_plain(o.parameters), o.name))}
-        signature = request.parameters["signature_name"].string_param if "signature_name" in request.parameters else ""
+        parameters = _plain(request.parameters)
+        signature = parameters.get("signature_name", "")
+        if not isinstance(signature, str):
+            raise invalid_argument("parameters.signature_name must be a string")
         super().__init__(request.model_name, request.model_version, request.id, inputs, [o.name for o in request.outputs], signature,
-                         shm_outputs)
+                         shm_outputs, priority_level(parameters.get("priority", 0)))
 
     def encode(self, handle: ServableHandle, signature: Signature, outputs: dict[str, np.ndarray]) -> bytes:
         response = pb.ModelInferResponse(model_name=handle.name, model_version=str(handle.version), id=self.id)

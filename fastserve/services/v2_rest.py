@@ -28,6 +28,7 @@ import orjson
 from fastserve import shared_memory
 from fastserve.codec import json_tensor, v2 as v2_codec
 from fastserve.errors import invalid_argument, not_found
+from fastserve.pipeline.member import priority_level
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import Signature
 from fastserve.services.v2 import V2Call, V2Service
@@ -160,7 +161,8 @@ def _small_int(text: str) -> int | None:
 
 
 def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
-    """((request id, inputs, requested outputs, signature name), binary outputs: a set, or True for all)."""
+    """((request id, inputs, requested outputs, signature name, shared memory outputs, priority), binary outputs: a
+    set, or True for all)."""
     inputs_doc = doc.get("inputs")
     if not isinstance(inputs_doc, list) or not inputs_doc:
         raise invalid_argument("the infer request needs 'inputs': a non-empty list of tensors")
@@ -218,7 +220,8 @@ def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):  # (str() of a list nested 1,000 deep raised RecursionError)
         raise invalid_argument("'id' must be a string")
-    return (request_id, inputs, outputs, signature, shm_outputs), True if parameters.get("binary_data_output") else binary_outputs
+    fields = (request_id, inputs, outputs, signature, shm_outputs, priority_level(parameters.get("priority", 0)))
+    return fields, True if parameters.get("binary_data_output") else binary_outputs
 
 
 def _parameters(doc: dict, what: str) -> dict:

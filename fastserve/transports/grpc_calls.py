@@ -20,6 +20,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
 from fastserve.pipeline.call import Inference, InferenceCall, StreamedInference
+from fastserve.pipeline.member import PRIORITY_KEY, priority_level
 from fastserve.services.methods import ServerStream, Streamed
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,18 @@ class Outcome(NamedTuple):
     payload: bytes | None  # the serialized response when code is OK
 
 
-def _authorization(metadata) -> str | None:
-    """The authorization metadata of a call, if it has one."""
+def _metadata(metadata, wanted: str) -> str | bytes | None:
+    """A call's metadata value of key `wanted`, if it has one (native gRPC hands a value that
+    is not UTF-8 over as bytes)."""
     for key, value in metadata or ():
-        if key == "authorization":  # native gRPC hands a value that is not UTF-8 over as bytes
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+        if key == wanted:
+            return value
     return None
+
+
+def _authorization(metadata) -> str | None:
+    value = _metadata(metadata, "authorization")
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def _model_label(request, is_served: Callable[[str], bool]) -> str:
@@ -141,6 +148,9 @@ class InferMethod(_Entry):
         try:
             request = self.parse(payload, metadata, timeout)
             call = self.make_call(request)
+            priority = _metadata(metadata, PRIORITY_KEY)
+            if priority is not None and not call.priority:  # the request's own parameters.priority comes first
+                call.priority = priority_level(priority)
         except Exception as exc:  # noqa: BLE001 - a request that breaks decoding fails alone
             error = exc if isinstance(exc, ServingError) else internal(exc)
             if error is not exc:

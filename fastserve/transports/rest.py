@@ -22,7 +22,7 @@ from fastserve.auth import TokenAuth
 from fastserve.errors import HTTP_STATUS, ServingError, internal
 from fastserve.logs import request_log
 from fastserve.pipeline.call import InferenceCall
-from fastserve.pipeline.member import deadline_after
+from fastserve.pipeline.member import PRIORITY_KEY, deadline_after, priority_level
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.registry import Registry
 from fastserve.services.rest_messages import Request, Response
@@ -36,8 +36,13 @@ _API_LABELS = {"predict": "Predict", "classify": "Classify", "regress": "Regress
                "status": "GetModelStatus", "infer": "ModelInfer", "ready": "ModelReady"}
 
 
-def error_response(status: int, message: str) -> Response:
-    return Response(status, orjson.dumps({"error": message}))
+def error_response(status: int, message: str, retry_after: int = 0) -> Response:
+    headers = (("retry-after", str(retry_after)),) if retry_after else ()
+    return Response(status, orjson.dumps({"error": message}), headers=headers)
+
+
+def serving_error_response(error: ServingError) -> Response:
+    return error_response(error.http_status, error.message, error.retry_after)
 
 
 class RestApp:
@@ -66,12 +71,15 @@ class RestApp:
             if surface != "open":
                 self._auth.check(request.headers.get("authorization"), surface == "admin")
             routed = self._route(request)
+            priority = request.headers.get(PRIORITY_KEY)
+            if priority is not None and isinstance(routed, InferenceCall) and not routed.priority:
+                routed.priority = priority_level(priority)  # (the request's own parameters.priority comes first)
         except Exception as exc:  # noqa: BLE001 - a request that breaks decoding fails alone
             error = exc if isinstance(exc, ServingError) else internal(exc)
             if error is not exc:
                 log.exception("unexpected error decoding a REST request")
             self._record(request, error.code, started)
-            return _done(error_response(error.http_status, error.message))
+            return _done(serving_error_response(error))
         if isinstance(routed, InferenceCall):
             return self._submit(routed, started, deadline)
         return self._serve(request, routed, started)
@@ -125,7 +133,7 @@ class RestApp:
         elif error.code == StatusCode.DEADLINE_EXCEEDED:
             future.set_result(self._deadline_response())
         else:
-            future.set_result(error_response(error.http_status, error.message))
+            future.set_result(serving_error_response(error))
 
     def gone(self, response: asyncio.Future) -> None:
         """The connection of this response closed before it was written (the HTTP server says)."""
@@ -143,7 +151,7 @@ class RestApp:
                 return await answer
         except ServingError as exc:
             code = exc.code
-            return error_response(exc.http_status, exc.message)
+            return serving_error_response(exc)
         except TimeoutError:
             code = StatusCode.DEADLINE_EXCEEDED
             return self._deadline_response()
@@ -163,7 +171,7 @@ class RestApp:
             try:
                 self._auth.check(request.headers.get("authorization"), admin=False)
             except ServingError as exc:
-                return error_response(exc.http_status, exc.message)
+                return serving_error_response(exc)
         body, content_type = metrics.scrape()
         return Response(200, body, content_type)
 
