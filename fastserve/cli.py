@@ -16,6 +16,11 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """A comma-separated list: "a,b" -> ("a", "b")."""
+    return tuple(t for t in text.split(",") if t)
+
+
 def _at_least(minimum, kind):
     """An argparse type: a number of this kind, at least minimum."""
     def parse(text: str):
@@ -50,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     tfs.add_argument("--max_num_load_retries", type=int, help="retries after a failed load (default 5)")
     tfs.add_argument("--load_retry_interval_micros", type=int, help="wait between load retries (default 60000000)")
     tfs.add_argument("--num_load_threads", type=int, help="threads that load models (default 4)")
-    tfs.add_argument("--saved_model_tags", help="comma-separated MetaGraph tags to load (default serve)")
+    tfs.add_argument("--saved_model_tags", type=_names, help="comma-separated MetaGraph tags to load (default serve)")
     tfs.add_argument("--tensorflow_session_parallelism", type=int, help="intra- and inter-op threads; 0 = auto")
     tfs.add_argument("--tensorflow_intra_op_parallelism", type=int, help="intra-op threads; 0 = auto")
     tfs.add_argument("--tensorflow_inter_op_parallelism", type=int, help="inter-op threads; 0 = auto")
@@ -69,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a reload that lists no models unloads them all (default false: it is refused)")
     own.add_argument("--shutdown_grace_seconds", type=float, help="graceful shutdown limit (default 30)")
     own.add_argument("--grpc_transport", choices=("native", "aio"), help="gRPC server: native (libgrpc++; default where built) or aio (grpc.aio)")
+    own.add_argument("--custom_op_libraries", type=_names,
+                     help="comma-separated TensorFlow op libraries (.so) to load before any model (tf.load_op_library)")
+    own.add_argument("--import_modules", type=_names,
+                     help="comma-separated Python modules to import before any model, e.g. tensorflow_text (registers its ops)")
+    own.add_argument("--model_cache_dir", help="where versions served from object storage (s3://...) are copied (default: a temporary directory)")
     own.add_argument("--log_level", default=os.environ.get("FASTSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
     own.add_argument("--log_format", choices=("plain", "json"), default=os.environ.get("FASTSERVE_LOG_FORMAT", "plain"),
                      help="plain text or one JSON object per line (default plain)")
@@ -143,7 +153,7 @@ def config_from_args(args: argparse.Namespace):
         load_retry_interval_seconds=retry / 1e6 if retry is not None else None,
         num_load_threads=args.num_load_threads,
         executor_threads=args.executor_threads,
-        saved_model_tags=tuple(t for t in args.saved_model_tags.split(",") if t) if args.saved_model_tags else None,
+        saved_model_tags=args.saved_model_tags or None,  # an empty list keeps the default
         tensorflow_intra_op_parallelism=intra,
         tensorflow_inter_op_parallelism=inter,
         allow_version_labels_for_unavailable_models=args.allow_version_labels_for_unavailable_models,
@@ -171,6 +181,9 @@ def config_from_args(args: argparse.Namespace):
         enable_model_warmup=args.enable_model_warmup,
         num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
         check_before_available=args.check_before_available,
+        custom_op_libraries=args.custom_op_libraries,
+        import_modules=args.import_modules,
+        model_cache_dir=args.model_cache_dir,
     )
     cfg.check_model_root(config.models, config.model_root)
     return config
