@@ -153,7 +153,8 @@ class BatchQueue:
         # on its device; else num_batch_threads threads running the one instance.
         placement = [d for d in devices for _ in range(instances_per_device)] or [None] * config.num_batch_threads
         concurrent = min(len(placement), config.max_concurrent_batches or len(placement))
-        self._latency = LatencyModel(config.target_latency_ms / 1e3, concurrent) if config.target_latency_ms else None
+        # measured always (a refusal says when to retry), deciding only with a target
+        self._latency = LatencyModel(config.target_latency_ms / 1e3, concurrent)
         self._threads = [
             threading.Thread(target=self._work, args=(device,), name=f"fastserve-batch-{servable.name}-{i}", daemon=True)
             for i, device in enumerate(placement)
@@ -178,8 +179,7 @@ class BatchQueue:
         if self._closed or not level.queue.push(task, rows):
             self._servable.release()
             raise self._refusal(level, len(members))
-        if self._latency is not None:
-            self._latency.arrived(rows, task.enqueued)
+        self._latency.arrived(rows, task.enqueued)
         if self._sleeping and self._queued_rows() >= self._wake_rows:
             self._wake.set()  # not on every push: a forming batch waits until it can fill or times out
 
@@ -189,7 +189,7 @@ class BatchQueue:
             metrics.rejected("queue_full", requests)
             return ServingError(StatusCode.UNAVAILABLE, QUEUE_FULL)
         metrics.rejected("max_queue_size", requests)
-        rate = self._latency.rows_per_second(self._capacity) if self._latency is not None else 0.0
+        rate = self._latency.rows_per_second(self._capacity)
         retry = math.ceil(level.queue.rows / rate) if rate > 0 else 1  # when the queue has likely drained
         name = self.key[0]
         return ServingError(
@@ -291,7 +291,7 @@ class BatchQueue:
         look again, how many more rows queued should wake its thread)."""
         if now >= deadline:
             return "timeout", 0.0, 0
-        if self._latency is None:
+        if not self._latency.target:
             return None, deadline, self._capacity - rows
         why, when, wanted = self._latency.close_at(now, oldest, rows, self._capacity)
         return why, min(when, deadline), wanted
@@ -407,8 +407,7 @@ class BatchQueue:
             error = ServingError(StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             results = [(task, a, b, None, error) for task, a, b in pieces]
         seconds = time.monotonic() - start
-        if self._latency is not None:
-            self._latency.ran(padded, seconds)
+        self._latency.ran(padded, seconds)
         self._stats.record(  # before the results: a client that has its answer sees its batch counted
             BatchRecord(self.key, len(pieces), rows, padded, tuple(start - t.enqueued for t, _, _ in pieces), seconds, why)
         )
