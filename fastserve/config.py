@@ -59,7 +59,8 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
                                          #   fsspec URL as base_path); "" = a temporary directory of this process
     models:
       - name: half_plus_two
-        base_path: models/half_plus_two  # relative paths are relative to this file
+        base_path: models/half_plus_two  # relative paths are relative to this file; or a URL:
+                                         #   s3://bucket/prefix, gs://..., any fsspec URL
         version_policy: {latest: 1}      # or: all, or {specific: [1, 2]}
         version_labels: {stable: 1}
         runtime: auto                    # auto (default): session if every signature runs on it, else
@@ -95,6 +96,7 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
           max_concurrent_batches: 0      # batches of this model running at once (0 = one per batch thread)
 """
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -358,6 +360,14 @@ def read_token_file(path: str, where: str) -> str:
     return token
 
 
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(base_path: str) -> bool:
+    """A base path in object storage (s3://bucket/prefix, gs://..., any fsspec URL), not a local directory."""
+    return bool(_URL.match(base_path))
+
+
 def outside_root(path: str, root: str, recursive: bool = False) -> str | None:
     """Where `path` (with `recursive`, or anything under it) really is if that is outside
     `root` (symlinks and .. resolved); None when it lies inside, or when no root is set."""
@@ -404,6 +414,8 @@ def load_monitoring_config_file(path: str) -> str:
 def check_model_root(models, root: str) -> None:
     """Refuse models whose base_path escapes the model root (ConfigError naming the model)."""
     for model in models:
+        if root and is_url(model.base_path):
+            raise ConfigError(f"model {model.name!r}: base_path {model.base_path} is in object storage, outside model_root {root}")
         escaped = outside_root(model.base_path, root)
         if escaped:
             raise ConfigError(f"model {model.name!r}: base_path {model.base_path} resolves to {escaped}, outside model_root {root}")
@@ -425,7 +437,7 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
     if check is not None and not isinstance(check, bool):
         raise ConfigError(f"{where}.check_before_available: expected true or false, got {check!r}")
     base_path = doc["base_path"]
-    if not os.path.isabs(base_path):
+    if not os.path.isabs(base_path) and not is_url(base_path):
         base_path = str(root / base_path)
     return ModelConfig(
         name=doc["name"],

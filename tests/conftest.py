@@ -107,5 +107,14 @@ def start_server(tmp_path_factory):
         server.stop()
 
 
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def rest_predict(server: ServerProcess, model: str, body, suffix: str = ""):
     return requests.post(f"{server.rest}/v1/models/{model}{suffix}:predict", json=body, timeout=30)

@@ -14,7 +14,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.conftest import EXAMPLE_MODELS, ServerProcess, free_port
+from tests.conftest import EXAMPLE_MODELS, ServerProcess, free_port, wait_until
 from tests.test_e2e_metrics import scrape, value
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
@@ -172,15 +172,6 @@ class Load:
 def serving_versions(replica: ServerProcess) -> dict[int, str]:
     statuses = requests.get(f"{replica.rest}/v1/models/half_plus_two", timeout=30).json()["model_version_status"]
     return {int(s["version"]): s["state"] for s in statuses}
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_roll_a_version_and_lose_a_replica_under_load(cluster):

@@ -22,11 +22,12 @@ import tensorflow as tf
 from grpc import StatusCode
 
 from fastserve import metrics
-from fastserve.config import ModelConfig, ServerConfig, outside_root
+from fastserve.config import ModelConfig, ServerConfig, is_url, outside_root
 from fastserve.errors import ServingError
 from fastserve.servables import saved_model
 from fastserve.servables.registry import Registry, ServableVersion
-from fastserve.servables.source import VersionScanner, fingerprint
+from fastserve.servables.object_store import ObjectStoreScanner
+from fastserve.servables.source import VersionScanner
 from fastserve.servables.state import AVAILABLE, END, LOADING, START, UNLOADING, StateMonitor
 from fastserve.servables.version_loader import load_version
 
@@ -43,10 +44,13 @@ class _Failure:
 class _Model:
     """The manager's own book-keeping for one configured model."""
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, cache_dir: str):
         self.config = config
-        self.scanner = VersionScanner(config.name, config.base_path)
-        self.ready: dict[int, str] | None = None  # last scan
+        if is_url(config.base_path):
+            self.scanner = ObjectStoreScanner(config.name, config.base_path, cache_dir)
+        else:
+            self.scanner = VersionScanner(config.name, config.base_path)
+        self.ready: set[int] | None = None  # last scan
         self.loaded: dict[int, ServableVersion] = {}
         self.failed: dict[int, _Failure] = {}
         self.lock = threading.Lock()  # one reconcile pass at a time
@@ -59,7 +63,7 @@ class ModelManager:
         self._config = config
         self._registry = registry
         self._monitor = monitor
-        self._models = {m.name: _Model(m) for m in config.models}
+        self._models = {m.name: _Model(m, config.model_cache_dir) for m in config.models}
         self._models_lock = threading.Lock()  # guards the dict itself (reload adds/removes)
         self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load")
         self._stop = threading.Event()
@@ -144,7 +148,7 @@ class ModelManager:
         removed = [m for name, m in current.items() if name not in keep or name in replaced]
         for model in removed:
             self._remove(model)
-        new_models = [_Model(c) for c in added]
+        new_models = [_Model(c, self._config.model_cache_dir) for c in added]
         with self._models_lock:
             for model in removed:
                 self._models.pop(model.config.name, None)
@@ -166,8 +170,8 @@ class ModelManager:
     def _check_base_paths(models, current) -> None:
         for config in models:
             model = current.get(config.name)
-            if model is None or not model.loaded or config.base_path == model.config.base_path:
-                continue
+            if model is None or not model.loaded or config.base_path == model.config.base_path or is_url(config.base_path):
+                continue  # a store is not listed here: its versions load as the polls find them
             if not os.path.isdir(config.base_path):
                 raise ServingError(
                     StatusCode.INVALID_ARGUMENT,
@@ -215,11 +219,13 @@ class ModelManager:
         if rescan or model.ready is None:
             try:
                 model.ready = model.scanner.ready_versions()
-            except FileNotFoundError as exc:
+            except OSError as exc:  # a missing base path, an unreachable store: what is loaded keeps serving
                 if not model.missing_base_logged:
-                    log.error("model %s: %s", model.config.name, exc)
+                    log.error("model %s: %s (the loaded versions keep serving)", model.config.name, exc)
                     model.missing_base_logged = True
                 return
+            if model.missing_base_logged:
+                log.info("model %s: base path %s can be read again", model.config.name, model.config.base_path)
             model.missing_base_logged = False
         ready = model.ready
         aspired = model.config.version_policy.select(ready)
@@ -231,16 +237,16 @@ class ModelManager:
         for version in sorted(aspired - model.loaded.keys(), reverse=True):
             if self._stop.is_set():
                 return
-            self._load_if_due(model, version, ready[version])
+            self._load_if_due(model, version)
         stale = model.loaded.keys() - aspired
         if stale and (not aspired or aspired & model.loaded.keys()):
             for version in sorted(stale):
                 self._unload(model, version)
 
-    def _load_if_due(self, model: _Model, version: int, path: str) -> None:
+    def _load_if_due(self, model: _Model, version: int) -> None:
         name, cfg = model.config.name, self._config
         attempts_allowed = 1 + max(0, cfg.max_num_load_retries)
-        contents = fingerprint(path)
+        contents = model.scanner.contents(version)
         failure = model.failed.get(version)
         if failure and failure.contents != contents:
             failure = None  # new files: start over
@@ -251,6 +257,7 @@ class ModelManager:
             self._monitor.set(name, version, START)
         self._monitor.set(name, version, LOADING)
         try:
+            path = model.scanner.local_path(version)  # object storage: copied into the cache first
             escaped = outside_root(path, cfg.model_root, recursive=True)
             if escaped:  # a version directory (or a file in it) linked from outside the model root
                 raise saved_model.LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
@@ -288,6 +295,7 @@ class ModelManager:
             listener(servable)
         metrics.model_runtime(name, version, servable.model.runtime, loaded=False)
         servable.model.close()
+        model.scanner.release(version)
         self._monitor.set(name, version, END)
 
     def _publish(self, model: _Model) -> None:

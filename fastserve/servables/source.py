@@ -1,4 +1,4 @@
-"""The source: which versions of a model are on disk and ready to load.
+"""The source: which versions of a model are complete and ready to load.
 
 A version is a sub-directory of the model's base_path whose name is a number
 (leading zeros allowed: 00000123 is version 123); other entries are ignored.
@@ -8,7 +8,8 @@ once it holds saved_model.pb (or saved_model.pbtxt) and its contents (every file
 path, size and mtime) are the same on two consecutive polls, so a version still being
 copied is not loaded. Versions present when the server starts are taken as they are
 on the first poll (a directory that is not a SavedModel then fails to load, with the
-reason in the model's status).
+reason in the model's status). servables/object_store.py applies the same rule to
+base paths in object storage.
 """
 import logging
 import os
@@ -45,36 +46,52 @@ def fingerprint(path: str) -> tuple:
     return tuple(sorted(items))
 
 
-def has_saved_model(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in _SAVED_MODEL_FILES)
+def has_saved_model(contents: tuple) -> bool:
+    """Whether a version's contents (as fingerprint lists them) hold the SavedModel file."""
+    return any(item[0] in _SAVED_MODEL_FILES for item in contents)
 
 
 class VersionScanner:
-    """Polls one base_path and reports the versions that are complete on disk."""
+    """Polls one local base_path and reports the versions that are complete on disk."""
 
     def __init__(self, name: str, base_path: str):
         self.name = name
         self.base_path = base_path
+        self._paths: dict[int, str] = {}  # where each version of the last poll lives
         self._last: dict[int, tuple] = {}
         self._first = True
         self._warned_empty = False
 
-    def ready_versions(self) -> dict[int, str]:
-        """{version: path} of complete versions; raises FileNotFoundError if base_path is missing."""
-        dirs = version_dirs(self.base_path)
-        ready, seen = {}, {}
-        for version, path in dirs.items():
-            fp = fingerprint(path)
-            seen[version] = fp
-            if self._first or (self._last.get(version) == fp and has_saved_model(path)):
-                ready[version] = path
-        self._last, self._first = seen, False
-        if not dirs and not self._warned_empty:
+    def listing(self) -> dict[int, tuple]:
+        """{version: contents} of every version under base_path; OSError if it cannot be listed."""
+        self._paths = version_dirs(self.base_path)
+        return {version: fingerprint(path) for version, path in self._paths.items()}
+
+    def ready_versions(self) -> set[int]:
+        """The complete versions; raises OSError (FileNotFoundError if base_path is missing)."""
+        listing = self.listing()
+        ready = {
+            version for version, contents in listing.items()
+            if self._first or (self._last.get(version) == contents and has_saved_model(contents))
+        }
+        self._last, self._first = listing, False
+        if not listing and not self._warned_empty:
             log.warning(
                 "No versions of servable %s found under base path %s. "
                 "Did you forget to name your leaf directory as a number (eg. '/1/')?",
                 self.name,
                 self.base_path,
             )
-        self._warned_empty = not dirs
+        self._warned_empty = not listing
         return ready
+
+    def contents(self, version: int) -> tuple:
+        """The version's contents at the last poll: a failed load is tried again once they change."""
+        return self._last[version]
+
+    def local_path(self, version: int) -> str:
+        """The directory to load the version from."""
+        return self._paths[version]
+
+    def release(self, version: int) -> None:
+        """The version was unloaded: a local directory has nothing to free."""
