@@ -27,6 +27,9 @@
 //            answers (a server stream: health Watch): status kMore (-1) writes one and more follow;
 //            status 0 without a payload completes it. At most kStreamWindow messages of one
 //            stream wait for answers: beyond them the stream is not read.
+//       fixed_reply: bytes or None. Bench-only (bench/ceiling.py, the transport's own ceiling):
+//            every unary call is answered OK with these bytes from the completion-queue thread,
+//            and Python is never handed a call.
 //   start() -> [bound port per address; 0 for unix: addresses]   (raises OSError)
 //   fileno() -> the eventfd to wait on
 //   take() -> Handoff(calls, cancelled, expired, refused, notices): calls = [Call(id, method,
@@ -40,6 +43,8 @@
 //   respond([(id, status_code, message, payload | None)])  status 0 = OK with payload
 //   shutdown(grace_s): stop accepting; accepted calls have grace_s to be answered, then are
 //             cancelled; returns when the server has stopped.
+//   Its threads are named fastserve-cq (the completion queue) and fastserve-acpt (accepting), so
+//   that /proc/PID/task/*/comm tells them apart.
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
@@ -51,6 +56,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -68,6 +74,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -285,6 +292,7 @@ class Listeners {
   }
 
   void Run() {
+    pthread_setname_np(pthread_self(), "fastserve-acpt");
     std::vector<pollfd> polled;
     for (const Socket& socket : sockets_) polled.push_back({socket.fd, POLLIN, 0});
     polled.push_back({wake_fd_, POLLIN, 0});
@@ -411,10 +419,10 @@ class Server {
  public:
   Server(std::vector<std::string> addresses, int max_receive, int max_send,
          std::shared_ptr<grpc::ServerCredentials> creds, size_t max_connections, int max_concurrent_streams,
-         std::unordered_set<std::string> streaming_methods)
+         std::unordered_set<std::string> streaming_methods, std::optional<grpc::Slice> fixed_reply)
       : addresses_(std::move(addresses)), max_receive_(max_receive), max_send_(max_send),
         max_concurrent_streams_(max_concurrent_streams), streaming_methods_(std::move(streaming_methods)),
-        creds_(std::move(creds)),
+        fixed_reply_(std::move(fixed_reply)), creds_(std::move(creds)),
         listeners_(max_connections, [this](uint64_t refused, std::string notice) { Report(refused, std::move(notice)); }) {
     event_fd_ = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   }
@@ -609,6 +617,7 @@ class Server {
   }
 
   void Run() {
+    pthread_setname_np(pthread_self(), "fastserve-cq");
     void* raw;
     bool ok;
     while (cq_->Next(&raw, &ok)) {
@@ -687,6 +696,9 @@ class Server {
           FinishLocked(call, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "Deadline Exceeded"), nullptr);
           expired_.push_back(call->ctx.method());
           Signal();
+        } else if (fixed_reply_) {  // bench-only: the transport's ceiling
+          grpc::ByteBuffer reply(&*fixed_reply_, 1);
+          FinishLocked(call, grpc::Status::OK, &reply);
         } else {
           Enqueue(call);
         }
@@ -931,6 +943,7 @@ class Server {
   int max_send_;
   int max_concurrent_streams_;
   std::unordered_set<std::string> streaming_methods_;
+  std::optional<grpc::Slice> fixed_reply_;  // bench-only: answer every unary call with it, from C++
   std::shared_ptr<grpc::ServerCredentials> creds_;
   int event_fd_ = -1;
 
@@ -989,18 +1002,27 @@ std::string BytesArg(PyObject* obj, const char* what, bool* ok) {
 }
 
 int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* keywords[] = {"addresses", "max_receive_bytes", "max_send_bytes", "tls",
-                                   "max_connections", "max_concurrent_streams", "streaming_methods", nullptr};
+  static const char* keywords[] = {"addresses", "max_receive_bytes", "max_send_bytes", "tls", "max_connections",
+                                   "max_concurrent_streams", "streaming_methods", "fixed_reply", nullptr};
   PyObject* addresses;
   int max_receive, max_send;
   PyObject* tls = Py_None;
   Py_ssize_t max_connections = 0;
   int max_concurrent_streams = 0;
   PyObject* streaming = nullptr;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OniO", const_cast<char**>(keywords), &addresses,
+  PyObject* fixed = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Oii|OniOO", const_cast<char**>(keywords), &addresses,
                                    &max_receive, &max_send, &tls, &max_connections, &max_concurrent_streams,
-                                   &streaming)) {
+                                   &streaming, &fixed)) {
     return -1;
+  }
+  std::optional<grpc::Slice> fixed_reply;
+  if (fixed != Py_None) {
+    if (!PyBytes_Check(fixed)) {
+      PyErr_SetString(PyExc_TypeError, "fixed_reply must be bytes or None");
+      return -1;
+    }
+    fixed_reply.emplace(PyBytes_AS_STRING(fixed), PyBytes_GET_SIZE(fixed));
   }
   std::unordered_set<std::string> streaming_methods;
   if (streaming) {
@@ -1050,7 +1072,7 @@ int Transport_init(TransportObject* self, PyObject* args, PyObject* kwargs) {
   delete self->server;
   self->server = new Server(std::move(addrs), max_receive, max_send, std::move(creds),
                             max_connections > 0 ? static_cast<size_t>(max_connections) : 0, max_concurrent_streams,
-                            std::move(streaming_methods));
+                            std::move(streaming_methods), std::move(fixed_reply));
   if (self->server->event_fd() < 0) {
     PyErr_SetFromErrno(PyExc_OSError);
     return -1;

@@ -25,13 +25,16 @@ Reply = tuple[int, int, str, bytes | None]
 class Transport:
     def __init__(self, addresses: list[str], max_receive_bytes: int, max_send_bytes: int,
                  tls: tuple[bytes, bytes, bytes | None, bool] | None = None, max_connections: int = 0,
-                 max_concurrent_streams: int = 0, streaming_methods: list[str] = ()) -> None:
+                 max_concurrent_streams: int = 0, streaming_methods: list[str] = (),
+                 fixed_reply: bytes | None = None) -> None:
         """tls: (private key PEM, certificate chain PEM, root certificates PEM, require a client
         certificate); it applies to TCP addresses, unix: sockets stay plain. max_connections: open
         connections at most (0: no cap); max_concurrent_streams: calls in flight on one connection
         (0: gRPC's default). streaming_methods: methods served as bidirectional streams: each
         request message is a Call of its own; OK answers are written to the stream in request
-        order, another status ends the stream with it."""
+        order, another status ends the stream with it. fixed_reply: bench-only (bench/ceiling.py):
+        every unary call is answered OK with these bytes from C++, and none is handed to Python.
+        The transport's threads are named fastserve-cq and fastserve-acpt (/proc/PID/task/*/comm)."""
     def start(self) -> list[int]:
         """Bind and serve; the bound port of each address (0 for unix: ones). Raises OSError."""
     def fileno(self) -> int:
