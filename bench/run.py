@@ -61,11 +61,10 @@ def export_half_plus_two(path: Path) -> None:
     shutil.copytree(REPO / "examples" / "models" / "half_plus_two" / "1", path)
 
 
-def export_mlp(path: Path) -> None:
+def export_mlp(path: Path, sizes: tuple[int, ...] = (784, 1024, 1024, 10)) -> None:
     import tensorflow as tf
 
     rng = np.random.default_rng(1)
-    sizes = (784, 1024, 1024, 10)
 
     class Mlp(tf.Module):
         def __init__(self):
