@@ -5,7 +5,6 @@ A module csrc/NAME.pyx becomes the extension fastserve._native.NAME.
 from pathlib import Path
 
 from setuptools import setup
-from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 
@@ -55,23 +54,4 @@ def grpc_transport_extension():
     ]
 
 
-class build_py_with_protos(build_py):
-    """Compile protos/NAME.proto into the descriptor set fastserve/_proto/NAME.pb.
-
-    fastserve.protos builds the message classes from these at import time, so they
-    work with any protobuf runtime version.
-    """
-
-    def run(self):
-        from grpc_tools import protoc
-
-        out = HERE / "fastserve" / "_proto"
-        out.mkdir(exist_ok=True)
-        for proto in sorted((HERE / "protos").glob("*.proto")):
-            args = ["protoc", f"-I{HERE / 'protos'}", "--include_imports", f"--descriptor_set_out={out / proto.stem}.pb", str(proto)]
-            if protoc.main(args) != 0:
-                raise RuntimeError(f"protoc failed on {proto}")
-        super().run()
-
-
-setup(cmdclass={"build_py": build_py_with_protos}, ext_modules=native_extensions() + grpc_transport_extension())
+setup(ext_modules=native_extensions() + grpc_transport_extension())

@@ -17,4 +17,9 @@ fi
 
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e ".[test]"
+.venv/bin/pip install -q -e ./clients/python -e ".[test]"  # the server depends on fastserve-client (clients/python), not on PyPI
+
+# The client alone, as its users install it, in a venv of its own: it must pull no TensorFlow
+# (tests/test_client_package.py runs its README example from it).
+python3 -m venv .venv-client
+.venv-client/bin/pip install -q ./clients/python

@@ -47,8 +47,8 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from fastserve import dtypes, protos
 from fastserve.codec import tensor_proto
+from fastserve_client import dtypes, protos
 from tests.conftest import EXAMPLE_MODELS
 from tests.fuzz_probe import TIMEOUT, RestClient
 from tests.test_e2e_hostile_input import export_echo

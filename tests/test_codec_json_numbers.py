@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from fastserve._native.json_numbers import parse_numeric_request
 from fastserve.codec.json_tensor import PredictBody, decode_request, loads
-from fastserve.dtypes import DataType
 from fastserve.errors import ServingError
+from fastserve_client.dtypes import DataType
 
 
 def reference(body: bytes, key: str, name: str | None = None) -> np.ndarray:

@@ -21,8 +21,8 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from fastserve import protos
 from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
+from fastserve_client import protos
 from tests.conftest import EXAMPLE_MODELS
 
 V2 = protos.inference()

@@ -10,11 +10,11 @@ import json
 import numpy as np
 import orjson
 
-from fastserve import dtypes
 from fastserve._native.json_numbers import parse_numeric_request
 from fastserve.codec.shapes import check_rank
-from fastserve.dtypes import DataType
 from fastserve.errors import invalid_argument
+from fastserve_client import dtypes
+from fastserve_client.dtypes import DataType
 
 _INT_KINDS = "iu"
 _NUMBER_KINDS = "iuf"

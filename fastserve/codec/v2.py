@@ -1,36 +1,23 @@
-"""Open Inference Protocol (V2) tensors <-> numpy, in its three forms.
+"""Open Inference Protocol (V2) tensors <-> numpy, in its three forms, checked as requests.
 
 * JSON "data": a flat (or nested) list in row-major order; BYTES elements are strings.
 * raw bytes (REST binary-data extension, gRPC raw_input_contents/raw_output_contents):
   little-endian values; BOOL one byte each; BYTES each element prefixed by its
-  4-byte little-endian length.
+  4-byte little-endian length (fastserve_client.tensors reads and writes them).
 * gRPC typed contents (InferTensorContents): one repeated field per datatype family.
 
-Datatypes map to TensorFlow dtypes through the one dtype table (fastserve.dtypes).
+Datatypes map to TensorFlow dtypes through the one dtype table (fastserve_client.dtypes).
 Every error names the tensor.
 """
-import struct
-
 import numpy as np
 
-from fastserve import dtypes
 from fastserve.codec import json_tensor
 from fastserve.codec.shapes import checked_shape, element_count
 from fastserve.errors import invalid_argument
+from fastserve_client import dtypes, tensors
+from fastserve_client.tensors import BYTES, CONTENTS_FIELD, to_raw
 
-BYTES = "BYTES"
-
-# InferTensorContents field per V2 datatype (FP16/BF16 travel only as raw bytes).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    BYTES: "bytes_contents",
-}
+__all__ = ["datatype_of", "from_contents", "from_json", "from_raw", "to_json", "to_raw"]
 
 
 def dtype_of(datatype: str, name: str) -> dtypes.DType:
@@ -43,10 +30,10 @@ def dtype_of(datatype: str, name: str) -> dtypes.DType:
 
 
 def datatype_of(array: np.ndarray, name: str) -> str:
-    v2 = dtypes.from_numpy(array.dtype).v2
-    if v2 is None:
-        raise invalid_argument(f"output '{name}': dtype {array.dtype} has no Open Inference Protocol datatype")
-    return v2
+    try:
+        return tensors.datatype_of(array)
+    except ValueError as exc:
+        raise invalid_argument(f"output '{name}': {exc}") from None
 
 
 def _shaped(flat: np.ndarray, shape, name: str, what: str) -> np.ndarray:
@@ -84,40 +71,15 @@ def from_raw(raw: bytes, datatype: str, shape, name: str) -> np.ndarray:
     dt = dtype_of(datatype, name)
     shape = checked_shape(shape, name)
     if datatype == BYTES:
-        return _shaped(_split_bytes(raw, name), shape, name, "the raw BYTES data")
+        try:
+            items = tensors.split_bytes(raw)
+        except ValueError as exc:
+            raise invalid_argument(f"input '{name}': {exc}") from None
+        return _shaped(items, shape, name, "the raw BYTES data")
     needed = element_count(shape) * dt.numpy.itemsize
     if len(raw) != needed:
         raise invalid_argument(f"input '{name}': shape {list(shape)} of {datatype} needs {needed} bytes but got {len(raw)}")
     return np.frombuffer(raw, dtype=dt.numpy).reshape(shape)  # hosts are little-endian
-
-
-def _split_bytes(raw: bytes, name: str) -> np.ndarray:
-    items, offset, view = [], 0, memoryview(raw)
-    while offset < len(raw):
-        if offset + 4 > len(raw):
-            raise invalid_argument(f"input '{name}': BYTES element {len(items)} has a truncated 4-byte length prefix")
-        (length,) = struct.unpack_from("<I", raw, offset)
-        offset += 4
-        if offset + length > len(raw):
-            raise invalid_argument(
-                f"input '{name}': BYTES element {len(items)} declares {length} bytes but only {len(raw) - offset} remain"
-            )
-        items.append(bytes(view[offset:offset + length]))
-        offset += length
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
-def to_raw(array: np.ndarray) -> bytes:
-    if array.dtype == object or array.dtype.kind in "SU":
-        parts = []
-        for value in array.reshape(-1):
-            value = value.encode() if isinstance(value, str) else bytes(value)
-            parts.append(struct.pack("<I", len(value)))
-            parts.append(value)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
 
 
 # ---------------------------------------------------------------- gRPC typed contents

@@ -6,9 +6,9 @@ from typing import Callable
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from fastserve import dtypes
 from fastserve.codec.shapes import check_rank
 from fastserve.errors import invalid_argument
+from fastserve_client import dtypes
 
 DEFAULT_SIGNATURE = "serving_default"
 

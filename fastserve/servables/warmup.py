@@ -18,13 +18,13 @@ import tensorflow as tf
 from grpc import StatusCode
 from tensorflow_serving.apis import prediction_log_pb2
 
-from fastserve import dtypes
 from fastserve.codec import tensor_proto
 from fastserve.codec.examples import serialized_examples
 from fastserve.errors import ServingError
 from fastserve.servables.example_signatures import CLASSIFY_METHOD, INPUTS, classification_outputs, regression_outputs
 from fastserve.servables.saved_model import LoadedModel, first_line
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
+from fastserve_client import dtypes
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 from tensorflow_serving.apis import model_service_pb2, prediction_service_pb2
 
-from fastserve import protos
 from fastserve.services.methods import Streamed
 from fastserve.services.reflection import METHOD as REFLECTION, Reflection
+from fastserve_client import protos
 
 
 class Services:

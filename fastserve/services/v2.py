@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import json_format
 
 import fastserve
-from fastserve import dtypes, protos, shared_memory, statistics
+from fastserve import shared_memory, statistics
 from fastserve.codec import v2 as v2_codec
 from fastserve.config import BatchingConfig, ModelConfig
 from fastserve.errors import ServingError, invalid_argument, not_found
@@ -23,6 +23,7 @@ from fastserve.servables.registry import Registry, ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature, TensorSpec
 from fastserve.services.health import Health
 from fastserve.services.repository import ModelRepository
+from fastserve_client import dtypes, protos
 
 PLATFORM = "tensorflow_savedmodel"
 BACKEND = "tensorflow"

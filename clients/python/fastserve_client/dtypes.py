@@ -1,16 +1,21 @@
 """The one dtype table: TensorFlow DataType enum <-> numpy dtype <-> V2 datatype name.
 
-Every codec reads this table; nothing else maps dtypes. It does not import TensorFlow
-(fastserve.client uses it too).
+The client's codecs and the server's (which depends on this package) read this table;
+nothing else maps dtypes. bfloat16 needs ml_dtypes (installed with the server; a client
+alone supports it once ml_dtypes is installed).
 """
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
-from fastserve import tf_protos
+from fastserve_client import protos
 
-DataType = tf_protos.data_type()  # the tensorflow.DataType enum
+try:
+    import ml_dtypes
+except ImportError:  # optional for the client: only bfloat16 tensors need it
+    ml_dtypes = None
+
+DataType = protos.tensorflow_serving().DataType  # the tensorflow.DataType enum
 
 
 @dataclass(frozen=True)
@@ -33,13 +38,14 @@ _ROWS = [
     (DataType.DT_COMPLEX64, np.complex64, None, "scomplex_val"),
     (DataType.DT_INT64, np.int64, "INT64", "int64_val"),
     (DataType.DT_BOOL, np.bool_, "BOOL", "bool_val"),
-    (DataType.DT_BFLOAT16, ml_dtypes.bfloat16, "BF16", "half_val"),
     (DataType.DT_UINT16, np.uint16, "UINT16", "int_val"),
     (DataType.DT_COMPLEX128, np.complex128, None, "dcomplex_val"),
     (DataType.DT_HALF, np.float16, "FP16", "half_val"),
     (DataType.DT_UINT32, np.uint32, "UINT32", "uint32_val"),
     (DataType.DT_UINT64, np.uint64, "UINT64", "uint64_val"),
 ]
+if ml_dtypes is not None:
+    _ROWS.append((DataType.DT_BFLOAT16, ml_dtypes.bfloat16, "BF16", "half_val"))
 
 BY_ENUM: dict[int, DType] = {}
 BY_NUMPY: dict[np.dtype, DType] = {}
