@@ -15,19 +15,25 @@ reports requests/s, rows/s, p50/p90/p99 latency and the server's mean batch size
 (read from the `batching totals` line the server logs on SIGUSR1). With --baseline, a
 second server runs from another checkout (e.g. `git worktree add ../old REV`, built in
 place) and every point runs on it right after this one: rows `PROTOCOL@baseline`, and the
-ratios section compares them. Results go to
-bench/results/: results.json, results.md (the table) and results.png (throughput
-and p99 against concurrency).
+ratios section compares them. Beside fastserve, in the same run:
+
+- PyTriton (rows `PROTOCOL@pytriton`, bench/triton_peer.py): the same SavedModels behind
+  Triton's dynamic batcher with the same max batch size and queue delay, over the V2 protocol;
+- the native gRPC transport's ceiling (rows `grpc@ceiling`, bench/ceiling.py): every call
+  answered from C++ with the model's real response, no Python or TensorFlow;
+- the open loop (--open-loop): requests at a fixed rate (h2load --rps; over HTTP/1.1 for
+  REST), at fractions of the capacity the closed loop measured, batching on.
+
+Every point reports the server's CPU time per request by thread role (bench/thread_cpu.py).
+Results go to bench/results/: results.json, results.md (the tables) and results.png
+(throughput and p99 against concurrency; p99 against the offered rate).
 """
 import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -37,8 +43,14 @@ from pathlib import Path
 
 import numpy as np
 
+import thread_cpu
+import triton_peer
+from loadgen import GRPC_HEADERS, JSON_HEADERS, Load, free_port, grpc_frame, run_h2load, run_wrk
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+PREDICT = "/tensorflow.serving.PredictionService/Predict"
+OPEN_LOOP = {"rest": (256, 1), "grpc": (64, 8)}  # open-loop connections and requests in flight on each at most
 
 
 @dataclass
@@ -52,6 +64,8 @@ class BenchModel:
     batch_sizes: tuple[int, ...]  # in-process limit measured at these
     min_seconds: float = 0  # slow models need longer runs for any request to finish
     grpc_multiplexed: tuple[tuple[int, int], ...] = ()  # extra gRPC points: (connections, concurrent streams on each)
+    peer: bool = False  # also served by PyTriton
+    open_loop: bool = False  # also measured in the open loop
 
 
 # ---------------------------------------------------------------- models
@@ -129,17 +143,17 @@ MODELS = {
     "half_plus_two": BenchModel(
         "half_plus_two", "x", lambda n: np.full((n, 1), 2.0, np.float32),
         {"max_batch_size": 256, "batch_timeout_micros": 500, "num_batch_threads": 1},
-        (1, 8, 64, 256), export_half_plus_two, (1, 256), grpc_multiplexed=((64, 8),),
+        (1, 8, 64, 256), export_half_plus_two, (1, 256), grpc_multiplexed=((64, 8),), peer=True, open_loop=True,
     ),
     "mlp": BenchModel(
         "mlp", "x", lambda n: np.random.default_rng(3).random((n, 784), np.float32),
         {"max_batch_size": 64, "batch_timeout_micros": 2000, "num_batch_threads": 2},
-        (1, 8, 64, 256), export_mlp, (1, 64, 128, 512),
+        (1, 8, 64, 256), export_mlp, (1, 64, 128, 512), peer=True, open_loop=True,
     ),
     "resnet50": BenchModel(
         "resnet50", "x", lambda n: np.random.default_rng(4).random((n, 224, 224, 3), np.float32),
         {"max_batch_size": 16, "batch_timeout_micros": 20000, "num_batch_threads": 1},
-        (1, 16), export_resnet50, (1, 16), min_seconds=20,
+        (1, 16), export_resnet50, (1, 16), min_seconds=20, peer=True,
     ),
     "text": BenchModel(
         "text", "tokens", text_rows,
@@ -166,7 +180,7 @@ def ensure_exported(cache: Path, names) -> None:
 
 
 RUNTIMES = {}  # model name -> the runtime the server's default config chose, as in-process
-BASELINE = "@baseline"  # the protocol label suffix of the rows measured on --baseline
+BASELINE, PYTRITON, CEILING = "@baseline", "@pytriton", "@ceiling"  # protocol label suffixes of the other servers' rows
 
 
 def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
@@ -196,18 +210,15 @@ def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
         loaded.close()
 
 
-# ---------------------------------------------------------------- server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ---------------------------------------------------------------- servers
 
 
 class Server:
     """fastserve with every model twice (NAME batched, NAME_nobatch not), run from `repo`: this
-    checkout, or another one built in place (--baseline)."""
+    checkout, or another one built in place (--baseline). Its Python threads carry their names
+    (bench/named_threads.py), so that its CPU time splits by thread role."""
+
+    role = staticmethod(thread_cpu.fastserve_role)
 
     def __init__(self, cache: Path, names, workdir: Path, grpc_transport: str = "", repo: Path = REPO):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -221,7 +232,7 @@ class Server:
         self.grpc_port, self.rest_port = free_port(), free_port()
         self.log_path = workdir / "fastserve.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, "-m", "fastserve", f"--config={config}", "--host=127.0.0.1",
+        cmd = [sys.executable, str(REPO / "bench" / "named_threads.py"), f"--config={config}", "--host=127.0.0.1",
                f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}"]
         if grpc_transport:
             cmd.append(f"--grpc_transport={grpc_transport}")
@@ -237,17 +248,28 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def batch_totals(self) -> dict:
-        """The server's running batching totals (it logs them on SIGUSR1)."""
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def batch_counts(self, served: str) -> tuple[int, int]:
+        """(batches, rows) the model ran so far: the server's running batching totals (it logs them on SIGUSR1)."""
         before = self.log().count("batching totals: ")
         self.proc.send_signal(signal.SIGUSR1)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             lines = [l for l in self.log().splitlines() if "batching totals: " in l]
             if len(lines) > before:
-                return json.loads(lines[-1].split("batching totals: ", 1)[1])
+                totals = json.loads(lines[-1].split("batching totals: ", 1)[1]).get(f"{served}/1/serving_default", {})
+                return totals.get("batches", 0), totals.get("rows", 0)
             time.sleep(0.05)
         raise RuntimeError("the server did not log its batching totals")
+
+    def load(self, model: BenchModel, served: str, batching: bool, protocol: str, rows: int) -> Load:
+        """TF Serving API requests: REST predict, gRPC Predict."""
+        if protocol == "rest":
+            return Load(f"http://127.0.0.1:{self.rest_port}/v1/models/{served}:predict", rest_bodies(model, rows), False)
+        return Load(f"http://127.0.0.1:{self.grpc_port}{PREDICT}", [grpc_body(served, model, rows)], True,
+                    lambda: check_grpc(self.grpc_port, served, model))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -260,45 +282,48 @@ class Server:
         self._log.close()
 
 
-# ---------------------------------------------------------------- load generators
+class Ceiling:
+    """The native gRPC transport's ceiling (bench/ceiling.py): the same gRPC requests as `server`
+    gets, each answered from C++ with the model's real response (fetched from `server` once)."""
 
-WRK_SCRIPT = """
-local bodies = {}
-for line in io.lines("%s") do bodies[#bodies + 1] = line end
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local n = 0
-request = function()
-  n = n + 1
-  return wrk.format(nil, nil, nil, bodies[(n %% #bodies) + 1])
-end
-done = function(summary, latency, requests)
-  io.write(string.format('WRK_JSON {"requests": %%d, "seconds": %%f, "errors": %%d, "p50": %%d, "p90": %%d, "p99": %%d}\\n',
-    summary.requests, summary.duration / 1e6,
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout,
-    latency:percentile(50), latency:percentile(90), latency:percentile(99)))
-end
-"""
+    role = staticmethod(thread_cpu.ceiling_role)
+
+    def __init__(self, server: Server, workdir: Path):
+        self.server, self.workdir = server, workdir
+        self.proc = self.served = None
+
+    def pids(self) -> list[int]:
+        return [self.proc.pid]
+
+    def batch_counts(self, served: str) -> None:
+        return None
+
+    def load(self, model: BenchModel, served: str, batching: bool, protocol: str, rows: int) -> Load | None:
+        if protocol != "grpc" or not batching:
+            return None
+        load = self.server.load(model, served, batching, protocol, rows)
+        if served != self.served:
+            self.stop()
+            reply = self.workdir / "ceiling_reply.bin"
+            reply.write_bytes(load.check())
+            self.proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "ceiling.py"), str(reply)], stdout=subprocess.PIPE,
+                                         text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            self.port, self.served = int(self.proc.stdout.readline().split()[-1]), served  # "ceiling ready PORT"
+        return Load(f"http://127.0.0.1:{self.port}{PREDICT}", load.bodies, True)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(30)
+            self.proc = self.served = None
 
 
-def rest_bodies(model: BenchModel, rows: int) -> list[str]:
+# ---------------------------------------------------------------- requests
+
+
+def rest_bodies(model: BenchModel, rows: int) -> list[bytes]:
     count = 8 if model.name == "text" else 1  # variable-length text: several lengths
-    return [json.dumps({"inputs": {model.input_name: model.make_rows(rows).tolist()}}) for _ in range(count)]
-
-
-def run_wrk(url: str, bodies: list[str], concurrency: int, seconds: float, workdir: Path) -> dict:
-    body_file = workdir / "bodies.txt"
-    body_file.write_text("\n".join(bodies) + "\n")
-    script = workdir / "bench.lua"
-    script.write_text(WRK_SCRIPT % body_file)
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "-s", str(script), url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    result = json.loads(re.search(r"WRK_JSON (\{.*\})", out).group(1))
-    return {
-        "requests_per_s": result["requests"] / result["seconds"],
-        "errors": result["errors"],
-        "p50_ms": result["p50"] / 1000, "p90_ms": result["p90"] / 1000, "p99_ms": result["p99"] / 1000,
-    }
+    return [json.dumps({"inputs": {model.input_name: model.make_rows(rows).tolist()}}).encode() for _ in range(count)]
 
 
 def grpc_body(model_name: str, model: BenchModel, rows: int) -> bytes:
@@ -308,13 +333,12 @@ def grpc_body(model_name: str, model: BenchModel, rows: int) -> bytes:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = model_name
     request.inputs[model.input_name].CopyFrom(tf.make_tensor_proto(model.make_rows(rows)))
-    payload = request.SerializeToString()
-    return struct.pack(">BI", 0, len(payload)) + payload  # gRPC length-prefixed message
+    return grpc_frame(request.SerializeToString())
 
 
-def check_grpc(port: int, model_name: str, model: BenchModel) -> None:
+def check_grpc(port: int, model_name: str, model: BenchModel) -> bytes:
     """A real gRPC call of the kind h2load sends (h2load counts HTTP 200 and cannot see grpc-status):
-    it must succeed, and half_plus_two must answer y = 3.0 for x = 2.0."""
+    it must succeed, and half_plus_two must answer y = 3.0 for x = 2.0. Returns the serialized response."""
     import grpc
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
@@ -326,27 +350,7 @@ def check_grpc(port: int, model_name: str, model: BenchModel) -> None:
         response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
     if model.name == "half_plus_two" and tf.make_ndarray(response.outputs["y"]).tolist() != [[3.0]]:
         raise AssertionError(f"{model_name} answered {response.outputs['y']} for x = 2.0, not y = 3.0")
-
-
-def run_h2load(port: int, body: bytes, concurrency: int, seconds: float, workdir: Path, streams: int = 1) -> dict:
-    body_file, log_file = workdir / "grpc_body.bin", workdir / "h2load.log"
-    body_file.write_bytes(body)
-    log_file.unlink(missing_ok=True)
-    cmd = [
-        "h2load", f"-c{concurrency}", f"-m{streams}", "-t1", f"-D{max(1, round(seconds))}", "--warm-up-time=0",
-        "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
-        f"--log-file={log_file}", f"http://127.0.0.1:{port}/tensorflow.serving.PredictionService/Predict",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
-    durations, ok = [], 0
-    for line in log_file.read_text().splitlines():
-        _, status, micros = line.split("\t")[:3]
-        durations.append(int(micros))
-        ok += status == "200"
-    took = re.search(r"finished in ([\d.]+)(m?s)", out)
-    elapsed = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
-    p50, p90, p99 = (np.percentile(durations, [50, 90, 99]) / 1000) if durations else (0, 0, 0)
-    return {"requests_per_s": ok / elapsed, "errors": len(durations) - ok, "p50_ms": p50, "p90_ms": p90, "p99_ms": p99}
+    return response.SerializeToString()
 
 
 # ---------------------------------------------------------------- run
@@ -357,7 +361,7 @@ class Row:
     model: str
     protocol: str
     batching: bool
-    concurrency: int
+    concurrency: int  # open loop: connections
     requests_per_s: float
     rows_per_s: float
     p50_ms: float
@@ -365,13 +369,16 @@ class Row:
     p99_ms: float
     errors: int
     mean_batch_size: float | None
-    streams: int = 1  # gRPC: concurrent calls on each connection (h2load -m)
+    streams: int = 1  # gRPC: concurrent calls on each connection (h2load -m); open loop: at most
     in_process_rows_per_s: dict = field(default_factory=dict)
+    offered_per_s: float | None = None  # open loop: the fixed arrival rate ...
+    offered_fraction: float | None = None  # ... as a fraction of the closed loop's most requests/s
+    cpu_us_per_request: dict = field(default_factory=dict)  # the server's, by thread role (bench/thread_cpu.py)
 
 
-def sweep(servers: dict[str, Server], names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
+def sweep(servers: dict, names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
     """Every point against each server in turn ({label suffix: server}: "" for this checkout,
-    "@baseline" for the other), so that they share the machine's moods."""
+    "@baseline" for the other, "@pytriton", "@ceiling"), so that they share the machine's moods."""
     results = []
     for name in names:
         model = MODELS[name]
@@ -384,29 +391,67 @@ def sweep(servers: dict[str, Server], names, protocols, default_seconds: float, 
                     points += list(model.grpc_multiplexed)
                 for concurrency, streams in points:
                     for suffix, server in servers.items():
-                        row = _point(server, model, served, batching, protocol, concurrency, streams, seconds, workdir, rows_per_request)
-                        row.protocol += suffix
+                        load = server.load(model, served, batching, protocol, rows_per_request)
+                        if load is None:
+                            continue
+                        row = _point(server, load, model, served, batching, protocol + suffix, concurrency, streams, seconds,
+                                     workdir, rows_per_request)
                         print(format_row(row), flush=True)
                         results.append(row)
     return results
 
 
-def _point(server: Server, model: BenchModel, served: str, batching: bool, protocol: str, concurrency: int, streams: int,
-           seconds: float, workdir: Path, rows_per_request: int) -> Row:
-    before = server.batch_totals().get(f"{served}/1/serving_default", {})
-    if protocol == "rest":
-        url = f"http://127.0.0.1:{server.rest_port}/v1/models/{served}:predict"
-        stats = run_wrk(url, rest_bodies(model, rows_per_request), concurrency, seconds, workdir)
+def open_loop(servers: dict, names, protocols, fractions, closed: list[Row], default_seconds: float, workdir: Path) -> list[Row]:
+    """Each model's requests at fixed rates, fractions of the most requests/s its closed loop
+    reached on that server and protocol (batching on)."""
+    results = []
+    for name in names:
+        model = MODELS[name]
+        if not model.open_loop:
+            continue
+        for protocol in protocols:
+            if protocol not in OPEN_LOOP:
+                continue
+            connections, streams = OPEN_LOOP[protocol]
+            for suffix, server in servers.items():
+                capacity = max((r.requests_per_s for r in closed if (r.model, r.protocol, r.batching, r.offered_per_s) ==
+                                (name, protocol + suffix, True, None)), default=0)
+                load = server.load(model, name, True, protocol, 1)
+                if not capacity or load is None:
+                    continue
+                for fraction in fractions:
+                    row = _point(server, load, model, name, True, protocol + suffix, connections, streams,
+                                 max(default_seconds, model.min_seconds), workdir, 1, rate=fraction * capacity)
+                    row.offered_fraction = fraction
+                    print(format_open_row(row), flush=True)
+                    results.append(row)
+    return results
+
+
+def _point(server, load: Load, model: BenchModel, served: str, batching: bool, protocol: str, concurrency: int, streams: int,
+           seconds: float, workdir: Path, rows_per_request: int, rate: float | None = None) -> Row:
+    batches_before = server.batch_counts(served)
+    if load.check:
+        load.check()
+    cpu_before = thread_cpu.sample(server.pids())
+    if rate:
+        stats = run_h2load(load.url, load.bodies[0], GRPC_HEADERS if load.grpc else JSON_HEADERS, concurrency, seconds, workdir,
+                           streams, rate=rate, h1=not load.grpc)
+    elif load.grpc:
+        stats = run_h2load(load.url, load.bodies[0], GRPC_HEADERS, concurrency, seconds, workdir, streams)
     else:
-        check_grpc(server.grpc_port, served, model)
-        body = grpc_body(served, model, rows_per_request)
-        stats = run_h2load(server.grpc_port, body, concurrency, seconds, workdir, streams)
-        check_grpc(server.grpc_port, served, model)  # still answering right after the load
-    after = server.batch_totals().get(f"{served}/1/serving_default", {})
-    batches = after.get("batches", 0) - before.get("batches", 0)
-    mean_batch = (after.get("rows", 0) - before.get("rows", 0)) / batches if batches else None
+        stats = run_wrk(load.url, load.bodies, concurrency, seconds, workdir)
+    cpu = thread_cpu.by_role(cpu_before, thread_cpu.sample(server.pids()), server.role)
+    if load.check:
+        load.check()  # still answering right after the load
+    batches_after = server.batch_counts(served)
+    mean_batch = None
+    if batches_before is not None and batches_after[0] > batches_before[0]:
+        mean_batch = (batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0])
+    requests = max(1, stats["requests"])
     return Row(model.name, protocol, batching, concurrency, stats["requests_per_s"], stats["requests_per_s"] * rows_per_request,
-               stats["p50_ms"], stats["p90_ms"], stats["p99_ms"], stats["errors"], mean_batch, streams)
+               stats["p50_ms"], stats["p90_ms"], stats["p99_ms"], stats["errors"], mean_batch, streams, offered_per_s=rate,
+               cpu_us_per_request={role: seconds * 1e6 / requests for role, seconds in cpu.items()})
 
 
 def format_row(r: Row) -> str:
@@ -414,6 +459,29 @@ def format_row(r: Row) -> str:
     concurrency = f"{r.concurrency}x{r.streams}" if r.streams > 1 else str(r.concurrency)
     return (f"| {r.model} | {r.protocol} | {'on' if r.batching else 'off'} | {concurrency} | {r.requests_per_s:,.0f} | "
             f"{r.rows_per_s:,.0f} | {r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {batch} | {r.errors} |")
+
+
+def format_open_row(r: Row) -> str:
+    batch = f"{r.mean_batch_size:.1f}" if r.mean_batch_size else "-"
+    return (f"| {r.model} | {r.protocol} | {r.offered_per_s:,.0f} ({r.offered_fraction:.0%}) | {r.requests_per_s:,.0f} | "
+            f"{r.p50_ms:.1f} | {r.p90_ms:.1f} | {r.p99_ms:.1f} | {batch} | {r.errors} |")
+
+
+def point_label(r: Row) -> str:
+    if r.offered_per_s:
+        return f"{r.offered_per_s:,.0f}/s"
+    return f"{r.concurrency}x{r.streams}" if r.streams > 1 else str(r.concurrency)
+
+
+def cpu_table(rows: list[Row]) -> list[str]:
+    roles = [role for role in thread_cpu.ROLES if any(role in r.cpu_us_per_request for r in rows)]
+    lines = ["| model | protocol | batching | point | total | " + " | ".join(roles) + " |",
+             "|---|---|---|---:|---:|" + "---:|" * len(roles)]
+    for r in rows:
+        cells = [f"{r.cpu_us_per_request[role]:,.0f}" if role in r.cpu_us_per_request else "-" for role in roles]
+        lines.append(f"| {r.model} | {r.protocol} | {'on' if r.batching else 'off'} | {point_label(r)} | "
+                     f"{sum(r.cpu_us_per_request.values()):,.0f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def machine() -> str:
@@ -431,20 +499,33 @@ def machine() -> str:
 
 
 def markdown(rows: list[Row], limits: dict, machine_text: str) -> str:
+    closed = [r for r in rows if r.offered_per_s is None]
+    opened = [r for r in rows if r.offered_per_s is not None]
     lines = [f"Machine: {machine_text}", "",
              "| model | protocol | batching | concurrency | requests/s | rows/s | p50 ms | p90 ms | p99 ms | mean batch | errors |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [format_row(r) for r in rows]
+    lines += [format_row(r) for r in closed]
+    if opened:
+        lines += ["", "Open loop (requests at a fixed rate: a fraction of the closed loop's most requests/s; "
+                      f"REST {OPEN_LOOP['rest'][0]} HTTP/1.1 connections, gRPC {OPEN_LOOP['grpc'][0]} connections "
+                      f"with up to {OPEN_LOOP['grpc'][1]} calls in flight on each):", "",
+                  "| model | protocol | offered req/s | requests/s | p50 ms | p90 ms | p99 ms | mean batch | errors |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [format_open_row(r) for r in opened]
+    lines += ["", "Server CPU time per request, µs, by thread role (all of the server's processes):", ""] + cpu_table(rows)
     lines += ["", "In-process limit (the served signature called directly, rows/s by batch size):", ""]
     lines += [f"- {name} ({RUNTIMES.get(name, '?')} runtime): " + ", ".join(f"batch {size}: {rate:,.0f}" for size, rate in limit.items())
               for name, limit in limits.items()]
-    lines += ["", "Ratios (same run):", ""] + summary(rows, limits)
+    lines += ["", "Ratios (same run):", ""] + summary(closed, limits)
     return "\n".join(lines) + "\n"
 
 
+OTHERS = {BASELINE: "the baseline", PYTRITON: "PyTriton", CEILING: "the native transport's ceiling"}
+
+
 def summary(rows: list[Row], limits: dict) -> list[str]:
-    """What batching and the native transport buy, and this checkout against the baseline, as
-    ratios within this run."""
+    """What batching and the native transport buy, and fastserve against the baseline, PyTriton and
+    the transport's ceiling, as ratios within this run (closed-loop rows)."""
     def find(model, protocol, batching, concurrency, streams=1):
         return next((r for r in rows if (r.model, r.protocol, r.batching, r.concurrency, r.streams) ==
                      (model, protocol, batching, concurrency, streams)), None)
@@ -465,13 +546,14 @@ def summary(rows: list[Row], limits: dict) -> list[str]:
                 text += f", {on.rows_per_s / limit[max_batch]:.0%} of the in-process limit at max_batch_size {max_batch}"
             out.append(text)
         for r in rows:
-            if r.model == name and r.protocol.endswith(BASELINE):
-                new = find(name, r.protocol[: -len(BASELINE)], r.batching, r.concurrency, r.streams)
-                if new is not None and r.requests_per_s:
-                    point = f"{r.concurrency}x{r.streams}" if r.streams > 1 else str(r.concurrency)
-                    out.append(f"- {name} {new.protocol} batching {'on' if r.batching else 'off'} at {point}: "
-                               f"{new.requests_per_s:,.0f} req/s = {new.requests_per_s / r.requests_per_s:.2f}x the baseline "
-                               f"({r.requests_per_s:,.0f})")
+            protocol, _, other = r.protocol.partition("@")
+            if r.model != name or not other or not r.requests_per_s:
+                continue
+            new = find(name, protocol, r.batching, r.concurrency, r.streams)
+            if new is not None:
+                out.append(f"- {name} {protocol} batching {'on' if r.batching else 'off'} at {point_label(r)}: "
+                           f"{new.requests_per_s:,.0f} req/s = {new.requests_per_s / r.requests_per_s:.2f}x {OTHERS['@' + other]} "
+                           f"({r.requests_per_s:,.0f}), p99 {new.p99_ms:.1f} vs {r.p99_ms:.1f} ms")
         for connections, streams in MODELS[name].grpc_multiplexed:
             native, aio = find(name, "grpc", True, connections, streams), find(name, "grpc-aio", True, connections, streams)
             if native is not None and aio is not None and aio.requests_per_s:
@@ -481,33 +563,45 @@ def summary(rows: list[Row], limits: dict) -> list[str]:
 
 
 def plot(rows: list[Row], path: Path) -> None:
+    """Per model: throughput and p99 against concurrency (closed loop), p99 against the offered rate (open loop)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = sorted({r.model for r in rows})
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.2 * len(names)), squeeze=False)
+    protocols = sorted({r.protocol for r in rows})
+    columns = 3 if any(r.offered_per_s for r in rows) else 2
+    fig, axes = plt.subplots(len(names), columns, figsize=(5.5 * columns, 3.2 * len(names)), squeeze=False)
     for i, name in enumerate(names):
-        for protocol in ("rest", "grpc", "grpc-aio"):
+        for protocol in protocols:
             for batching in (True, False):
-                series = [r for r in rows if r.model == name and r.protocol == protocol and r.batching == batching and r.streams == 1]
-                if not series:
-                    continue
                 label = f"{protocol}, batching {'on' if batching else 'off'}"
                 style = "-" if batching else "--"
-                axes[i][0].plot([r.concurrency for r in series], [r.rows_per_s for r in series], style, marker="o", label=label)
-                axes[i][1].plot([r.concurrency for r in series], [r.p99_ms for r in series], style, marker="o", label=label)
-        axes[i][0].set(title=f"{name}: throughput", xlabel="concurrency", ylabel="rows/s", xscale="log")
+                ours = [r for r in rows if r.model == name and r.protocol == protocol and r.batching == batching]
+                series = [r for r in ours if r.streams == 1 and r.offered_per_s is None]
+                if series:
+                    axes[i][0].plot([r.concurrency for r in series], [r.rows_per_s for r in series], style, marker="o", label=label)
+                    axes[i][1].plot([r.concurrency for r in series], [r.p99_ms for r in series], style, marker="o", label=label)
+                opened = [r for r in ours if r.offered_per_s]
+                if opened:
+                    axes[i][2].plot([100 * r.offered_fraction for r in opened], [r.p99_ms for r in opened], style, marker="o",
+                                    label=label)
+        axes[i][0].set(title=f"{name}: throughput", xlabel="concurrency", ylabel="rows/s", xscale="log", yscale="log")
         axes[i][1].set(title=f"{name}: p99 latency", xlabel="concurrency", ylabel="ms", xscale="log", yscale="log")
         axes[i][0].legend(fontsize=7)
+        if columns == 3:
+            axes[i][2].set(title=f"{name}: open loop, p99", xlabel="offered, % of the closed loop's most requests/s",
+                           ylabel="ms", yscale="log")
+            axes[i][2].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CI mode: half_plus_two and mlp, concurrency 1 and 64, short runs")
+    p.add_argument("--quick", action="store_true", help="CI mode: half_plus_two and mlp, concurrency 1 and 64, short runs, "
+                                                        "no PyTriton, no open loop")
     p.add_argument("--models", help=f"comma-separated subset of {', '.join(MODELS)}")
     p.add_argument("--protocols", default="rest,grpc,grpc-aio", help="grpc: the default transport; grpc-aio: grpc.aio")
     p.add_argument("--seconds", type=float, help="load duration per point (default 5, quick 2)")
@@ -515,6 +609,12 @@ def main(argv=None) -> int:
     p.add_argument("--cache", help="where exported models are kept (default OUT/models)")
     p.add_argument("--baseline", help="another fastserve checkout, built in place (python setup.py build_ext --inplace "
                                       "build_py): every point also runs against it, right after this one; the ratios compare them")
+    p.add_argument("--pytriton", action=argparse.BooleanOptionalAction, help="PyTriton beside fastserve (default: on, quick: off)")
+    p.add_argument("--pytriton-venv", default=str(triton_peer.DEFAULT_VENV), help="PyTriton's venv, created on first use")
+    p.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                   help="the native gRPC transport's ceiling beside every gRPC point, batching on")
+    p.add_argument("--open-loop", help="fractions of the closed loop's capacity to offer at a fixed rate, half_plus_two "
+                                       "and mlp, REST and gRPC (default 0.25,0.5,0.75,0.9; quick: none; '' for none)")
     args = p.parse_args(argv)
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
@@ -529,10 +629,19 @@ def main(argv=None) -> int:
             MODELS[name].concurrency = (1, 64)
             MODELS[name].batch_sizes = (MODELS[name].batching["max_batch_size"],)
     seconds = args.seconds or (2 if args.quick else 5)
+    open_loop_text = args.open_loop if args.open_loop is not None else ("" if args.quick else "0.25,0.5,0.75,0.9")
+    fractions = [float(f) for f in open_loop_text.split(",") if f]
+    peer_models = {name: MODELS[name] for name in names if MODELS[name].peer} if (
+        args.pytriton if args.pytriton is not None else not args.quick) else {}
+    ceiling = args.ceiling and any((REPO / "fastserve" / "_native").glob("grpc_transport*.so"))
     out = Path(args.out)
     cache = (Path(args.cache) if args.cache else out / "models").resolve()  # models.yaml lives elsewhere
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    machine_text = machine()
+    if peer_models:
+        pytriton_python = triton_peer.ensure_venv(Path(args.pytriton_venv))
+        machine_text += f", PyTriton {triton_peer.version(pytriton_python)}"
     ensure_exported(cache, names)
     limits = {name: in_process_limit(cache, MODELS[name], 0.5 if args.quick else 2.0) for name in names}
     for name, limit in limits.items():
@@ -540,7 +649,7 @@ def main(argv=None) -> int:
     protocols = args.protocols.split(",")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        # grpc-aio needs its own server (--grpc_transport=aio); the others share the default one
+        # grpc-aio needs its own server (--grpc_transport=aio); the others share the default one, and the peers
         for transport, wanted in (("", [p for p in protocols if p != "grpc-aio"]), ("aio", ["grpc-aio"] if "grpc-aio" in protocols else [])):
             if not wanted:
                 continue
@@ -551,13 +660,18 @@ def main(argv=None) -> int:
                         raise RuntimeError(f"the server did not serve {name} on the {RUNTIMES[name]} runtime:\n{servers[''].log()}")
                 if args.baseline:
                     servers[BASELINE] = Server(cache, names, Path(tmp) / "baseline", transport, Path(args.baseline).resolve())
-                rows += sweep(servers, names, wanted, seconds, Path(tmp))
+                if not transport and peer_models:
+                    servers[PYTRITON] = triton_peer.TritonPeer(pytriton_python, cache, peer_models, Path(tmp) / "pytriton")
+                if not transport and ceiling:
+                    servers[CEILING] = Ceiling(servers[""], Path(tmp))
+                closed = sweep(servers, names, wanted, seconds, Path(tmp))
+                fastserve = {suffix: servers[suffix] for suffix in ("", BASELINE) if suffix in servers}
+                rows += closed + open_loop(fastserve, names, wanted, fractions, closed, seconds, Path(tmp))
             finally:
                 for server in servers.values():
                     server.stop()
     for r in rows:
         r.in_process_rows_per_s = limits[r.model]
-    machine_text = machine()
     (out / "results.json").write_text(json.dumps({"machine": machine_text, "quick": args.quick, "rows": [asdict(r) for r in rows]}, indent=1))
     table = markdown(rows, limits, machine_text)
     (out / "results.md").write_text(table)
