@@ -12,6 +12,7 @@ import pytest
 import requests
 from moto.server import ThreadedMotoServer
 
+from fastserve.config import ConfigError, check_model_root, load_yaml
 from tests.conftest import free_port, wait_until
 from tests.model_builder import export_adder
 
@@ -116,3 +117,12 @@ def test_an_unreachable_store_keeps_serving_and_reports_it(server, store):
     wait_until(lambda: "model adder: base path s3://models/adder can be read again" in server.log(), 60, "the recovery in the log")
     assert predict(server) == 1.0
     assert SECRET not in server.log()
+
+
+def test_a_url_base_path_is_kept_as_it_is_and_refused_under_model_root(tmp_path):
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  - {name: adder, base_path: 's3://models/adder'}\n")
+    models = load_yaml(str(config)).models
+    assert models[0].base_path == "s3://models/adder"  # not made relative to models.yaml
+    with pytest.raises(ConfigError, match="base_path s3://models/adder is in object storage, outside model_root"):
+        check_model_root(models, str(tmp_path))
