@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plain text or one JSON object per line (default plain)")
     own.add_argument("--request_log_sample_rate", type=float, default=0.0,
                      help="fraction of requests to log, 0..1 (default 0; never payloads)")
+    own.add_argument("--tracing_endpoint", help="OTLP gRPC receiver (host:port) for OpenTelemetry spans; default: no tracing")
+    own.add_argument("--tracing_sample_rate", type=float,
+                     help="fraction of requests traced when the caller's traceparent does not decide (default 1)")
     sec = p.add_argument_group("security and limits")
     tfs.add_argument("--monitoring_config_file", help="MonitoringConfig text proto; its prometheus_config.path is where metrics are served")
     sec.add_argument("--ssl_config_file", help="TF Serving SSLConfig text proto: TLS (client_verify: mutual TLS) for gRPC and REST")
@@ -184,7 +187,10 @@ def config_from_args(args: argparse.Namespace):
         custom_op_libraries=args.custom_op_libraries,
         import_modules=args.import_modules,
         model_cache_dir=args.model_cache_dir,
+        tracing_endpoint=args.tracing_endpoint,
+        tracing_sample_rate=args.tracing_sample_rate,
     )
+    cfg.check_sample_rate(config.tracing_sample_rate, "--tracing_sample_rate")
     cfg.check_model_root(config.models, config.model_root)
     return config
 

@@ -57,6 +57,9 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       import_modules: []                 # Python modules imported before any model (tensorflow_text registers its ops)
       model_cache_dir: ""                # local copies of versions served from object storage (s3://, gs://, any
                                          #   fsspec URL as base_path); "" = a temporary directory of this process
+      tracing:                           # OpenTelemetry spans (request, queue wait, batch) over OTLP gRPC; off without endpoint
+        endpoint: ""                     #   the OTLP receiver, host:port (https://host:port for TLS)
+        sample_rate: 1.0                 #   of requests whose caller's traceparent does not decide
     models:
       - name: half_plus_two
         base_path: models/half_plus_two  # relative paths are relative to this file; or a URL:
@@ -197,6 +200,8 @@ class ServerConfig:
     custom_op_libraries: tuple[str, ...] = ()
     import_modules: tuple[str, ...] = ()
     model_cache_dir: str = ""
+    tracing_endpoint: str = ""  # "" = no tracing
+    tracing_sample_rate: float = 1.0
     model_config_file: str = ""  # where the model list came from, for reloads
     model_config_format: str = ""  # "yaml" or "text_proto" (TF Serving's ModelServerConfig)
     models: tuple[ModelConfig, ...] = ()
@@ -264,6 +269,7 @@ _SERVER_TYPES = {
     "custom_op_libraries": list,
     "import_modules": list,
     "model_cache_dir": str,
+    "tracing": dict,
 }
 _LIST_KEYS = ("saved_model_tags", "custom_op_libraries", "import_modules")  # lists of strings, kept as tuples
 # Transport limits that must be positive, and those where 0 means "automatic" or "none".
@@ -327,6 +333,8 @@ def _server_options(section: dict) -> dict:
         raise ConfigError(f"server.grpc_transport: must be native or aio, got {out['grpc_transport']!r}")
     if "batching_parameters" in out:
         out["batching_parameters"] = batching_config(out["batching_parameters"], "server.batching_parameters")
+    if "tracing" in out:
+        out.update(_tracing(out.pop("tracing")))
     for key in ("num_load_threads", "executor_threads", "cpu_devices", *_LIMITS_AT_LEAST_1):
         if key in out and out[key] < 1:
             raise ConfigError(f"server.{key}: must be at least 1")
@@ -334,6 +342,21 @@ def _server_options(section: dict) -> dict:
         if key in out and out[key] < 0:
             raise ConfigError(f"server.{key}: must not be negative")
     return out
+
+
+def _tracing(section: dict) -> dict:
+    """server.tracing: {endpoint, sample_rate} -> ServerConfig's tracing_* fields."""
+    _known(section, ("endpoint", "sample_rate"), "server.tracing")
+    endpoint, rate = section.get("endpoint", ""), section.get("sample_rate", 1.0)
+    if not isinstance(endpoint, str):
+        raise ConfigError(f"server.tracing.endpoint: expected host:port, got {endpoint!r}")
+    check_sample_rate(rate, "server.tracing.sample_rate")
+    return {"tracing_endpoint": endpoint, "tracing_sample_rate": float(rate)}
+
+
+def check_sample_rate(rate, where: str) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:
+        raise ConfigError(f"{where}: expected a fraction from 0 to 1, got {rate!r}")
 
 
 def _read_security_files(server: dict, root: Path) -> None:

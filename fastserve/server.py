@@ -7,7 +7,7 @@ import threading
 import uvloop
 from grpc import StatusCode
 
-from fastserve import custom_ops, metrics, statistics, tls
+from fastserve import custom_ops, metrics, statistics, tls, tracing
 from fastserve.auth import TokenAuth
 from fastserve.batching.executor import Executor
 from fastserve.batching.scheduler import Scheduler
@@ -69,6 +69,8 @@ class Server:
         rest_connections, grpc_connections = descriptors.connection_caps(
             self.config.rest_max_connections, self.config.grpc_max_connections, descriptors.raise_limit())
         custom_ops.register(self.config)
+        if self.config.tracing_endpoint:
+            tracing.setup(self.config.tracing_endpoint, self.config.tracing_sample_rate)
         self.manager.start()
         self._log_models()
         addresses = [f"{self.config.host}:{self.config.grpc_port}"]
@@ -172,6 +174,7 @@ class Server:
         await grpc_stopped
         await loop.run_in_executor(None, self.manager.stop, grace)
         self.scheduler.shutdown()
+        tracing.shutdown()
         log.info("fastserve stopped")
 
     def _log_models(self) -> None:

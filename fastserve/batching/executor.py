@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from grpc import StatusCode
 
-from fastserve import metrics, statistics
+from fastserve import metrics, statistics, tracing
 from fastserve.errors import ServingError
 from fastserve.pipeline.member import Answer, Member, cancelled, expired
 from fastserve.servables.registry import ServableHandle
@@ -43,6 +43,10 @@ class Executor:
                 outputs = signature.run(member.inputs, output_keys)
                 finished = time.perf_counter()
                 series.ran(queued, started, finished)
+                if member.trace is not None:
+                    rows = member.rows or 1
+                    tracing.batch_ran(servable.name, servable.version, rows, rows, [(member.trace, tracing.perf_ns(queued))],
+                                      tracing.perf_ns(started), tracing.perf_ns(finished))
                 statistics.executed(servable.name, servable.version, member.rows or 1, [started - queued], finished - started)
         except ServingError as exc:
             error = exc

@@ -39,7 +39,7 @@ import time
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import metrics
+from fastserve import metrics, tracing
 from fastserve._native.task_queue import TaskQueue
 from fastserve.batching.assembler import BatchAssembler
 from fastserve.batching.executor import Executor
@@ -406,8 +406,14 @@ class BatchQueue:
             log.exception("batch of %s failed", self.key)
             error = ServingError(StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
             results = [(task, a, b, None, error) for task, a, b in pieces]
-        seconds = time.monotonic() - start
+        finished = time.monotonic()
+        seconds = finished - start
         self._latency.ran(padded, seconds)
+        if tracing.enabled():
+            waits = [(m.trace, tracing.monotonic_ns(t.enqueued)) for t, _, _ in pieces for m in t.members if m.trace is not None]
+            if waits:
+                tracing.batch_ran(self.key[0], self.key[1], rows, padded, waits, tracing.monotonic_ns(start),
+                                  tracing.monotonic_ns(finished), why)
         self._stats.record(  # before the results: a client that has its answer sees its batch counted
             BatchRecord(self.key, len(pieces), rows, padded, tuple(start - t.enqueued for t, _, _ in pieces), seconds, why)
         )

@@ -37,6 +37,7 @@ class InferenceCall(Member):
         self.deadline = None
         self.cancelled = False
         self.priority = 0
+        self.trace = None
         self.model = model
         self.version = version
         self.label = label

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from grpc import StatusCode
 
-from fastserve import limits, metrics, statistics
+from fastserve import limits, metrics, statistics, tracing
 from fastserve.errors import ServingError, internal
 from fastserve.logs import request_log
 from fastserve.pipeline.cache import ResponseCache, ResponseCaches
@@ -193,6 +193,8 @@ class Pipeline:
                 ok_rows += call.rows or 1
             else:
                 failed_seconds.append(finished - call.started)
+            if call.trace is not None:
+                tracing.end_request(call, code.name, handle.version if handle is not None else None)
             if first.entrypoint:
                 seconds = request_series.observe(call.started)
                 if sampled:

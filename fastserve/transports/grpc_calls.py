@@ -15,7 +15,7 @@ from typing import AsyncIterator, Callable, NamedTuple
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
 
-from fastserve import limits, metrics
+from fastserve import limits, metrics, tracing
 from fastserve.auth import TokenAuth
 from fastserve.errors import ServingError, internal, invalid_argument
 from fastserve.logs import request_log
@@ -162,6 +162,8 @@ class InferMethod(_Entry):
         call.started = started
         if timeout is not None:
             call.deadline = time.monotonic() + timeout
+        if tracing.enabled():
+            tracing.start_request(call, metadata)
         return call
 
 

@@ -17,7 +17,7 @@ from typing import Awaitable
 import orjson
 from grpc import StatusCode
 
-from fastserve import limits, metrics
+from fastserve import limits, metrics, tracing
 from fastserve.auth import TokenAuth
 from fastserve.errors import HTTP_STATUS, ServingError, internal
 from fastserve.logs import request_log
@@ -81,7 +81,7 @@ class RestApp:
             self._record(request, error.code, started)
             return _done(serving_error_response(error))
         if isinstance(routed, InferenceCall):
-            return self._submit(routed, started, deadline)
+            return self._submit(routed, started, deadline, request.headers)
         return self._serve(request, routed, started)
 
     def _route(self, request: Request):
@@ -92,12 +92,14 @@ class RestApp:
 
     # ------------------------------------------------------------ inference calls
 
-    def _submit(self, call: InferenceCall, started: float, deadline: float | None) -> asyncio.Future:
+    def _submit(self, call: InferenceCall, started: float, deadline: float | None, headers: dict[str, str]) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         call.entrypoint = "REST"
         call.started = started
         call.deadline = deadline
+        if tracing.enabled():
+            tracing.start_request(call, headers)
         call.reply, call.reply_to = self._reply, [future, None]  # [its response, its flush's _Deadline]
         _IN_FLIGHT.inc()  # until the pipeline answers it
         self._waiting[future] = call
