@@ -20,7 +20,7 @@ from fastserve.servables.registry import Registry
 from fastserve.servables.state import StateMonitor
 from fastserve.services.catalog import Services
 from fastserve.services.example_inference import ExampleInference
-from fastserve.services.health import Health
+from fastserve.services.health import WATCH_PERIOD, Health
 from fastserve.services.repository import ModelRepository
 from fastserve.services.tf_serving import TFServingService
 from fastserve.services.tf_serving_rest import RestV1
@@ -165,6 +165,10 @@ class Server:
         log.info("shutting down: no new requests; waiting up to %gs for in-flight ones", grace)
         self._stopping_event.set()
         self.health.draining = True  # readiness answers "not ready" from here on
+        for _ in range(int(2 * WATCH_PERIOD / 0.05)):  # Watch streams say NOT_SERVING before the transports stop
+            if not self.health.watching:
+                break
+            await asyncio.sleep(0.05)
         loop = asyncio.get_running_loop()
         if self._http:
             self._http.stop_accepting()

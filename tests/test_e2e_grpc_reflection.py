@@ -1,6 +1,8 @@
 """End to end on both gRPC transports: the streams of the method tables (reflection lists and
 describes every service; health Watch follows the status), and health and V2 on grpc.aio as
 on the native transport."""
+import time
+
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -69,3 +71,20 @@ def test_health_watch_follows_the_status(server):
     assert next(watch).status == status.SERVING
     watch.cancel()
     assert stub.Check(health_pb2.HealthCheckRequest(), timeout=10).status == status.SERVING
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_health_watch_turns_not_serving_on_shutdown_and_does_not_hold_it(start_server, transport):
+    server = start_server(
+        [f"--grpc_transport={transport}", "--model_name=half_plus_two", f"--model_base_path={EXAMPLE_MODELS / 'half_plus_two'}",
+         "--shutdown_grace_seconds=20"],
+        rest=False,
+    )
+    status = health_pb2.HealthCheckResponse
+    watch = health_pb2_grpc.HealthStub(server.channel()).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+    assert next(watch).status == status.SERVING
+    started = time.monotonic()
+    server.proc.terminate()
+    assert next(watch).status == status.NOT_SERVING
+    assert server.proc.wait(30) == 0
+    assert time.monotonic() - started < 10  # a watch is not an in-flight request the shutdown waits for

@@ -35,6 +35,7 @@ class Health:
         self._all_available = all_available
         self._models_private = models_private  # token auth is on: Check does not answer for models
         self.draining = False  # set once shutdown begins
+        self.watching = 0  # Watch streams open (each ends once it has told its client of the shutdown)
 
     def live(self) -> bool:
         return True  # answering at all is being alive
@@ -65,14 +66,22 @@ class Health:
 
     async def watch(self, request: health_pb2.HealthCheckRequest) -> AsyncIterator[health_pb2.HealthCheckResponse]:
         """The status now, then each change, until the client goes away (an unknown service is
-        SERVICE_UNKNOWN, and may become known, as the health protocol says)."""
+        SERVICE_UNKNOWN, and may become known, as the health protocol says), or until the server
+        shuts down: the stream ends once it has said NOT_SERVING, so that it does not hold the
+        shutdown as an in-flight call."""
         last = None
-        while True:
-            status = self._status(request.service)
-            if status != last:
-                yield health_pb2.HealthCheckResponse(status=status)
-                last = status
-            await asyncio.sleep(WATCH_PERIOD)
+        self.watching += 1
+        try:
+            while True:
+                status = self._status(request.service)
+                if status != last:
+                    yield health_pb2.HealthCheckResponse(status=status)
+                    last = status
+                if self.draining:
+                    return
+                await asyncio.sleep(WATCH_PERIOD)
+        finally:
+            self.watching -= 1
 
     def _status(self, service: str) -> int:
         if service == "" or service in SERVED_SERVICES:
