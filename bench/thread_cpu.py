@@ -4,8 +4,11 @@
 fastserve's threads are told apart by name: the main thread runs the REST event loop,
 fastserve-grpc the gRPC transport's event loop, fastserve-cq the native transport's completion
 queue, fastserve-batch-* the batches, fastserve-exec* the unbatched executor, tf_* TensorFlow's
-pools. Python 3.11 gives its threads no OS name (they all show the process's), so the benchmark
-starts fastserve through bench/named_threads.py, which sets them.
+pools, libgrpc's own threads their names. Python 3.11 gives its threads no OS name (they all
+show the process's), so the benchmark starts fastserve through bench/named_threads.py, which
+sets them; a thread that still has the process's name is then a native thread started unnamed
+from the main thread: TensorFlow's Eigen pools that do the matmuls (and numpy's OpenBLAS
+thread), as gdb shows, so they count as TF pools.
 """
 import os
 from dataclasses import dataclass
@@ -64,8 +67,10 @@ def by_role(before: Sample, after: Sample, role) -> dict[str, float]:
     return {name: seconds for name, seconds in out.items() if seconds > 0}
 
 
-def thread_role(name: str) -> str:
+def thread_role(name: str, process: str) -> str:
     """The role of a fastserve thread other than the main one, from its name."""
+    if name == process:
+        return "TF pools"  # unnamed (see above)
     for prefix, role in (("fastserve-grpc", "gRPC loop"), ("fastserve-cq", "gRPC CQ"), ("fastserve-batch", "batch threads"),
                          ("fastserve-exec", "exec threads"), ("tf_", "TF pools")):
         if name.startswith(prefix):
@@ -74,24 +79,25 @@ def thread_role(name: str) -> str:
 
 
 def fastserve_role(pid: int, tid: int, name: str, process: str) -> str:
-    return "REST loop" if tid == pid else thread_role(name)
+    return "REST loop" if tid == pid else thread_role(name, process)
 
 
 def ceiling_role(pid: int, tid: int, name: str, process: str) -> str:
-    return thread_role(name)  # its main thread only waits for SIGTERM
+    return "other" if tid == pid else thread_role(name, process)  # its main thread only waits for SIGTERM
 
 
 def pytriton_role(host: int):
     """PyTriton's processes: tritonserver, its Python backend stubs (one per model instance, with
-    their helpers), and the host process that runs the infer functions (TensorFlow)."""
+    their helpers), and the host process that runs the infer functions (TensorFlow; its Python
+    threads named as in fastserve, by bench/named_threads.py)."""
     def role(pid: int, tid: int, name: str, process: str) -> str:
         if process == "tritonserver":
             return "Triton core"
         if process.startswith("triton_python"):
             return "Triton stubs"
-        if pid == host:
-            return "TF pools" if name.startswith("tf_") else "PyTriton Python"
-        return "other"
+        if pid == host and tid != pid and (name == process or name.startswith("tf_")):
+            return "TF pools"
+        return "PyTriton Python" if pid == host else "other"
 
     return role
 

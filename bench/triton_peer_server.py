@@ -19,6 +19,8 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
+from named_threads import name_python_threads
+
 
 def tensors(specs: dict) -> list:
     """PyTriton's tensor definitions from a signature's specs (without the batch dimension)."""
@@ -37,6 +39,7 @@ def infer_function(signature):
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    name_python_threads()  # for the CPU split by thread role
     for stop in (signal.SIGTERM, signal.SIGINT):  # serve() stops on KeyboardInterrupt (also where SIGINT was ignored)
         signal.signal(stop, signal.default_int_handler)
     config = TritonConfig(http_address="127.0.0.1", http_port=spec["http_port"], grpc_address="127.0.0.1",

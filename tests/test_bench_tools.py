@@ -26,7 +26,8 @@ def test_stat_seconds_reads_utime_and_stime_after_any_name():
 
 
 def test_cpu_is_split_by_the_names_of_python_threads(monkeypatch):
-    monkeypatch.setattr(threading.Thread, "_bootstrap_inner", named_threads._named_bootstrap_inner)
+    monkeypatch.setattr(threading.Thread, "_bootstrap_inner", threading.Thread._bootstrap_inner)  # undone after
+    named_threads.name_python_threads()
 
     burnt, done = threading.Event(), threading.Event()
 
@@ -47,6 +48,7 @@ def test_cpu_is_split_by_the_names_of_python_threads(monkeypatch):
     split = thread_cpu.by_role(before, after, thread_cpu.fastserve_role)
     assert split["batch threads"] == pytest.approx(0.3, abs=0.05)
     assert sum(split.values()) >= split["batch threads"]
+    assert thread_cpu.fastserve_role(7, 9, "python", "python") == "TF pools"  # a native thread started unnamed
 
 
 @pytest.mark.skipif(not NATIVE_BUILT, reason="built without libgrpc++: no native transport")
