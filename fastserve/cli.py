@@ -84,6 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="plain text or one JSON object per line (default plain)")
     own.add_argument("--request_log_sample_rate", type=float, default=0.0,
                      help="fraction of requests to log, 0..1 (default 0; never payloads)")
+    own.add_argument("--load", choices=("eager", "on_demand"),
+                     help="eager: every model loads at start (default); on_demand: each loads on its first request")
+    own.add_argument("--model_memory_budget_mb", type=_at_least(0, int),
+                     help="host memory for loaded versions; past it the least recently used idle on-demand ones unload "
+                          "(default 0: no budget)")
+    own.add_argument("--gpu_memory_budget_mb", type=_at_least(0, int), help="the same per GPU (default 0: no budget)")
+    own.add_argument("--on_demand_load_timeout_ms", type=_at_least(1, int),
+                     help="the longest a request waits for its model to load (default 60000, or its deadline)")
     own.add_argument("--tracing_endpoint", help="OTLP gRPC receiver (host:port) for OpenTelemetry spans; default: no tracing")
     own.add_argument("--tracing_sample_rate", type=float,
                      help="fraction of requests traced when the caller's traceparent does not decide (default 1)")
@@ -187,6 +195,10 @@ def config_from_args(args: argparse.Namespace):
         custom_op_libraries=args.custom_op_libraries,
         import_modules=args.import_modules,
         model_cache_dir=args.model_cache_dir,
+        load=args.load,
+        model_memory_budget_mb=args.model_memory_budget_mb,
+        gpu_memory_budget_mb=args.gpu_memory_budget_mb,
+        on_demand_load_timeout_ms=args.on_demand_load_timeout_ms,
         tracing_endpoint=args.tracing_endpoint,
         tracing_sample_rate=args.tracing_sample_rate,
     )

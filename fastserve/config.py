@@ -60,6 +60,12 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
       tracing:                           # OpenTelemetry spans (request, queue wait, batch) over OTLP gRPC; off without endpoint
         endpoint: ""                     #   the OTLP receiver, host:port (https://host:port for TLS)
         sample_rate: 1.0                 #   of requests whose caller's traceparent does not decide
+      load: eager                        # eager: every model loads at start (TF Serving's way); on_demand: a
+                                         #   model loads on its first request (each model may say otherwise)
+      model_memory_budget_mb: 0          # host memory for loaded versions; a load past it first unloads the
+                                         #   least recently used idle on-demand versions; 0 = no budget
+      gpu_memory_budget_mb: 0            # the same, per GPU; 0 = no budget
+      on_demand_load_timeout_ms: 60000   # the longest a request waits for its model to load (or its deadline)
     models:
       - name: half_plus_two
         base_path: models/half_plus_two  # relative paths are relative to this file; or a URL:
@@ -69,6 +75,7 @@ models.yaml schema (every key optional except models[].name and models[].base_pa
         runtime: auto                    # auto (default): session if every signature runs on it, else
                                          #   function; or session, or function
         load_policy: availability_preserving  # or resource_preserving: unload the old version first
+        load: eager                      # or on_demand (default: server.load)
         check_before_available: true     # this model's own server.check_before_available
         devices: []                      # run this model's batches on these devices (CPU:N, GPU:N): one
                                          #   instance and group of batch threads per device; needs batching
@@ -138,6 +145,7 @@ class ModelConfig:
     version_labels: dict = field(default_factory=dict)
     runtime: str = AUTO
     load_policy: str = "availability_preserving"
+    load: str = ""  # eager | on_demand; "": the server's
     check_before_available: bool | None = None  # None: the server's setting
     batching: "BatchingConfig | None" = None  # None: no batching unless the server enables it
     devices: tuple[str, ...] = ()  # TensorFlow device names; () = TensorFlow places the model
@@ -202,6 +210,10 @@ class ServerConfig:
     model_cache_dir: str = ""
     tracing_endpoint: str = ""  # "" = no tracing
     tracing_sample_rate: float = 1.0
+    load: str = "eager"  # eager | on_demand: how models that do not say load
+    model_memory_budget_mb: int = 0  # 0 = no budget
+    gpu_memory_budget_mb: int = 0  # per GPU; 0 = no budget
+    on_demand_load_timeout_ms: int = 60000
     model_config_file: str = ""  # where the model list came from, for reloads
     model_config_format: str = ""  # "yaml" or "text_proto" (TF Serving's ModelServerConfig)
     models: tuple[ModelConfig, ...] = ()
@@ -213,6 +225,10 @@ class ServerConfig:
         if self.enable_batching:
             return self.batching_parameters or BatchingConfig()
         return None
+
+    def on_demand(self, model: ModelConfig) -> bool:
+        """Whether the model loads on its first request (and may be unloaded to make room)."""
+        return (model.load or self.load) == "on_demand"
 
     def checks_before_available(self, model: ModelConfig) -> bool:
         """Whether a new version of the model runs each signature once before it serves."""
@@ -270,13 +286,17 @@ _SERVER_TYPES = {
     "import_modules": list,
     "model_cache_dir": str,
     "tracing": dict,
+    "load": str,
+    "model_memory_budget_mb": int,
+    "gpu_memory_budget_mb": int,
+    "on_demand_load_timeout_ms": int,
 }
 _LIST_KEYS = ("saved_model_tags", "custom_op_libraries", "import_modules")  # lists of strings, kept as tuples
 # Transport limits that must be positive, and those where 0 means "automatic" or "none".
 _LIMITS_AT_LEAST_1 = ("rest_max_header_bytes", "rest_max_url_bytes", "rest_max_pipelined_requests")
 _LIMITS_AT_LEAST_0 = ("rest_max_connections", "rest_header_timeout_seconds", "rest_idle_timeout_seconds", "grpc_max_connections",
                       "grpc_max_concurrent_streams")
-_MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "check_before_available", "batching",
+_MODEL_KEYS = ("name", "base_path", "version_policy", "version_labels", "runtime", "load_policy", "load", "check_before_available", "batching",
                "devices", "instances_per_device", "response_cache")
 
 
@@ -335,6 +355,13 @@ def _server_options(section: dict) -> dict:
         out["batching_parameters"] = batching_config(out["batching_parameters"], "server.batching_parameters")
     if "tracing" in out:
         out.update(_tracing(out.pop("tracing")))
+    if "load" in out:
+        check_load(out["load"], "server.load")
+    for key in ("model_memory_budget_mb", "gpu_memory_budget_mb"):
+        if key in out and out[key] < 0:
+            raise ConfigError(f"server.{key}: must not be negative")
+    if out.get("on_demand_load_timeout_ms", 1) < 1:
+        raise ConfigError("server.on_demand_load_timeout_ms: must be at least 1")
     for key in ("num_load_threads", "executor_threads", "cpu_devices", *_LIMITS_AT_LEAST_1):
         if key in out and out[key] < 1:
             raise ConfigError(f"server.{key}: must be at least 1")
@@ -352,6 +379,14 @@ def _tracing(section: dict) -> dict:
         raise ConfigError(f"server.tracing.endpoint: expected host:port, got {endpoint!r}")
     check_sample_rate(rate, "server.tracing.sample_rate")
     return {"tracing_endpoint": endpoint, "tracing_sample_rate": float(rate)}
+
+
+LOADS = ("eager", "on_demand")
+
+
+def check_load(value, where: str) -> None:
+    if value not in LOADS:
+        raise ConfigError(f"{where}: must be eager or on_demand, got {value!r}")
 
 
 def check_sample_rate(rate, where: str) -> None:
@@ -456,6 +491,8 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
     load_policy = doc.get("load_policy", "availability_preserving")
     if load_policy not in LOAD_POLICIES:
         raise ConfigError(f"{where}.load_policy: must be one of {', '.join(LOAD_POLICIES)}, got {load_policy!r}")
+    if "load" in doc:
+        check_load(doc["load"], f"{where}.load")
     check = doc.get("check_before_available")
     if check is not None and not isinstance(check, bool):
         raise ConfigError(f"{where}.check_before_available: expected true or false, got {check!r}")
@@ -469,6 +506,7 @@ def _yaml_model(doc, where: str, root: Path) -> ModelConfig:
         version_labels=_labels(doc.get("version_labels") or {}, f"{where}.version_labels"),
         runtime=runtime,
         load_policy=load_policy,
+        load=doc.get("load", ""),
         check_before_available=check,
         batching=None if doc.get("batching") is None else batching_config(doc["batching"], f"{where}.batching"),
         **_placement(doc, where),
