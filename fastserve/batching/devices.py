@@ -50,6 +50,21 @@ def gpus() -> list[Device]:
         pynvml.nvmlShutdown()
 
 
+def gpu_memory_used() -> dict[int, int]:
+    """Bytes in use on each GPU now, by NVML index ({} without a driver or GPUs)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no driver: no GPUs to account for
+        return {}
+    try:
+        return {i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
+                for i in range(pynvml.nvmlDeviceGetCount())}
+    finally:
+        pynvml.nvmlShutdown()
+
+
 def split_cpu(count: int) -> None:
     """Make the CPU `count` logical TensorFlow devices (CPU:0 .. CPU:count-1).
     Must run before TensorFlow initialises its devices (before any model loads)."""
