@@ -290,7 +290,7 @@ class Ceiling:
 
     def __init__(self, server: Server, workdir: Path):
         self.server, self.workdir = server, workdir
-        self.proc = self.served = None
+        self.proc = self.served = self.port = None
 
     def pids(self) -> list[int]:
         return [self.proc.pid]
