@@ -135,7 +135,7 @@ def export_text(path: Path) -> None:
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
 
 
-def text_rows(n: int, rng=np.random.default_rng(5)) -> np.ndarray:
+def text_rows(n: int, rng=np.random.default_rng(5)) -> np.ndarray:  # noqa: B008  one seeded stream shared by every call
     return rng.integers(1, 20000, size=(n, int(rng.integers(8, 33))), dtype=np.int32)
 
 
