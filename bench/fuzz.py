@@ -25,11 +25,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from run import machine  # noqa: E402
+from run import machine  # noqa: E402 - after sys.path names the folder
 
-from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT  # noqa: E402
-from tests.conftest import ServerProcess  # noqa: E402
-from tests.fuzz_strategies import (  # noqa: E402
+from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT  # noqa: E402 - after sys.path names the folder
+from tests.conftest import ServerProcess  # noqa: E402 - after sys.path names the folder
+from tests.fuzz_strategies import (  # noqa: E402 - after sys.path names the folder
     SURFACES,
     Target,
     percentile,

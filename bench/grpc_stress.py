@@ -26,7 +26,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-from run import free_port  # noqa: E402
+from run import free_port  # noqa: E402 - after sys.path names the folder
 
 
 def rss_mb(pid: int) -> float:

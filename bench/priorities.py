@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import MODELS, REPO, BenchModel, ensure_exported, export_mlp, free_port, machine  # noqa: E402
+from bench.run import MODELS, REPO, BenchModel, ensure_exported, export_mlp, free_port, machine  # noqa: E402 - after sys.path names the folder
 
 TARGET_MS = 10
 MODELS["wide_mlp"] = BenchModel(

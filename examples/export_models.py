@@ -23,7 +23,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import tensorflow as tf  # noqa: E402
+import tensorflow as tf  # noqa: E402 - after TF_CPP_MIN_LOG_LEVEL, which TensorFlow reads on import
 
 
 class HalfPlusTwo(tf.Module):

@@ -220,7 +220,7 @@ def disable_request_metrics() -> None:
     """Stop recording per-request metrics (--enable_metrics=false; bench/ measures their cost)."""
     global request_series, model_series, execution_series
     none = _NoSeries()
-    request_series = model_series = execution_series = lambda *labels: none  # noqa: E731
+    request_series = model_series = execution_series = lambda *labels: none
 
 
 # ---------------------------------------------------------------- batching

@@ -304,7 +304,7 @@ class HttpRequest:
 def send_http(target: Target, request: HttpRequest) -> Outcome:
     try:
         status, _, body = target.rest.request(request.method, request.target, request.body, request.headers)
-    except socket.timeout:
+    except TimeoutError:
         target.rest.close()
         return Outcome("timeout", f"no answer in {TIMEOUT}s")
     except (ConnectionError, EOFError) as exc:
@@ -839,7 +839,7 @@ def send_raw_http(target: Target, example: RawHttp) -> Outcome:
                 while time.monotonic() < deadline:
                     try:
                         chunk = sock.recv(65536)
-                    except socket.timeout:  # the server waits for more of a request it read as longer: half-close
+                    except TimeoutError:  # the server waits for more of a request it read as longer: half-close
                         half_close(sock)
                         sock.settimeout(TIMEOUT)
                         continue
@@ -850,7 +850,7 @@ def send_raw_http(target: Target, example: RawHttp) -> Outcome:
                     return Outcome("timeout", f"the connection stayed open {TIMEOUT}s after the client half-closed")
             except ConnectionError:
                 pass  # closed while we were still sending: a refusal
-    except socket.timeout:
+    except TimeoutError:
         return Outcome("timeout", f"no answer in {TIMEOUT}s")
     return http_outcome(response_statuses(bytes(received)))
 
@@ -978,7 +978,7 @@ def send_h2(target: Target, example: H2Exchange) -> Outcome:
             if not whole:
                 half_close(sock)  # the server waits for the rest of a frame that never comes: it must close now
             return read_h2_stream(sock, acknowledge=whole)
-    except socket.timeout:
+    except TimeoutError:
         return Outcome("timeout", f"no end of stream 1 in {TIMEOUT}s")
 
 

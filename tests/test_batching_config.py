@@ -88,7 +88,7 @@ def test_batching_parameters_text_proto():
 def test_flags(tmp_path):
     params = tmp_path / "b.pbtxt"
     params.write_text("max_batch_size { value: 4 }")
-    parse = lambda *a: cli.config_from_args(cli.build_parser().parse_args(["--model_base_path=/m", *a]))  # noqa: E731
+    parse = lambda *a: cli.config_from_args(cli.build_parser().parse_args(["--model_base_path=/m", *a]))
     config = parse("--enable_batching", f"--batching_parameters_file={params}")
     assert config.enable_batching and config.batching_for(config.models[0]).max_batch_size == 4
     config = parse("--enable_batching=true")

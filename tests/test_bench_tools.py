@@ -15,8 +15,8 @@ from fastserve.transports.grpc_native import AVAILABLE as NATIVE_BUILT
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
-import named_threads  # noqa: E402
-import thread_cpu  # noqa: E402
+import named_threads  # noqa: E402 - after sys.path names the folder
+import thread_cpu  # noqa: E402 - after sys.path names the folder
 
 
 def test_stat_seconds_reads_utime_and_stime_after_any_name():

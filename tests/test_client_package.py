@@ -11,8 +11,8 @@ import tomllib
 import pytest
 from google.protobuf import descriptor_pool
 from tensorflow.core.example import example_pb2  # noqa: F401  (registers TensorFlow's messages in the default pool)
-from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: F401
-from tensorflow_serving.apis import classification_pb2, get_model_status_pb2, predict_pb2, regression_pb2  # noqa: F401
+from tensorflow.core.framework import tensor_pb2, types_pb2  # noqa: F401  (likewise)
+from tensorflow_serving.apis import classification_pb2, get_model_status_pb2, predict_pb2, regression_pb2  # noqa: F401  (likewise)
 
 from fastserve_client import protos
 from tests.conftest import EXAMPLE_MODELS, REPO

@@ -104,7 +104,7 @@ def test_multi_inference_runs_every_task(stub):
     assert response.results[0].model_spec.version.value == 1
 
 
-def _multi(stub, tasks, examples=(example(x=1.0),)):
+def _multi(stub, tasks, examples=(example(x=1.0),)):  # noqa: B008  an immutable tuple, never changed
     request = inference_pb2.MultiInferenceRequest()
     for model, signature, method in tasks:
         task = request.tasks.add(method_name=method)

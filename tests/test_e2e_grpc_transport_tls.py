@@ -8,7 +8,7 @@ from tests.test_e2e_security import TOKEN, pki, predict, secure_channel  # noqa:
 
 
 @pytest.fixture(scope="module", params=TRANSPORTS)
-def server(request, start_server, pki, tmp_path_factory):  # noqa: F811
+def server(request, start_server, pki, tmp_path_factory):  # noqa: F811 - pki: the imported fixture
     socket_path = tmp_path_factory.mktemp("socket") / "grpc.sock"
     server = start_server(
         [
@@ -22,7 +22,7 @@ def server(request, start_server, pki, tmp_path_factory):  # noqa: F811
     return server
 
 
-def test_client_certificate_and_token(server, pki):  # noqa: F811
+def test_client_certificate_and_token(server, pki):  # noqa: F811 - pki: the imported fixture
     with secure_channel(server, pki, "client") as channel:
         assert predict(channel, TOKEN) == [[3.0]]
         for token, text in ((None, "missing bearer token"), ("wrong", "invalid bearer token")):
@@ -33,7 +33,7 @@ def test_client_certificate_and_token(server, pki):  # noqa: F811
 
 
 @pytest.mark.parametrize("client", [None, "rogue"])
-def test_client_certificate_missing_or_from_another_ca_is_refused(server, pki, client):  # noqa: F811
+def test_client_certificate_missing_or_from_another_ca_is_refused(server, pki, client):  # noqa: F811 - pki: the imported fixture
     with secure_channel(server, pki, client) as channel:
         with pytest.raises(grpc.RpcError) as err:
             predict(channel, TOKEN)

@@ -240,7 +240,7 @@ def test_v2_grpc_shapes_and_versions(servers, transport):
         for version in ("²", "9" * 4300):
             request = V2.ModelInferRequest(model_name="half_plus_two", model_version=version)
             request.inputs.add(name="x", datatype="FP32", shape=[1, 1]).contents.fp32_contents.append(1.0)
-            assert_invalid(lambda: stub(request, timeout=30), "is not a version number")
+            assert_invalid(lambda: stub(request, timeout=30), "is not a version number")  # noqa: B023  called at once
     assert_serving(server)
 
 
@@ -263,7 +263,7 @@ def test_a_zero_sized_shape_whose_other_dimensions_are_huge(servers, transport):
             request.inputs.add(name="x", datatype="FP32", shape=[2**62, 0])
             if raw is not None:
                 request.raw_input_contents.append(raw)
-            assert_invalid(lambda: stub(request, timeout=30), "is too large")
+            assert_invalid(lambda: stub(request, timeout=30), "is too large")  # noqa: B023  called at once
     assert_serving(server)
 
 

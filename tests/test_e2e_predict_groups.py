@@ -51,9 +51,9 @@ def request(model: str, inputs: dict, *, signature: str = "", version: int | Non
     if label:
         r.model_spec.version_label = label
     r.output_filter.extend(output_filter)
-    for name, value in inputs.items():
+    for name, array in inputs.items():
         proto = r.inputs[name]
-        proto.CopyFrom(tf.make_tensor_proto(value))
+        proto.CopyFrom(tf.make_tensor_proto(array))
         if typed_values and proto.dtype == tf.float32.as_datatype_enum:  # float_val instead of tensor_content
             proto.ClearField("tensor_content")
             proto.ClearField("float_val")

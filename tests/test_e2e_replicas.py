@@ -184,7 +184,7 @@ def test_roll_a_version_and_lose_a_replica_under_load(cluster):
         shutil.copytree(EXAMPLE_MODELS / "half_plus_three" / "1", staging)
         staging.rename(cluster["base"] / "2")  # complete, then visible under its number
         for replica in replicas:
-            wait_until(lambda: serving_versions(replica) == {2: "AVAILABLE", 1: "END"}, 60, f"version 2 on {replica.rest}")
+            wait_until(lambda: serving_versions(replica) == {2: "AVAILABLE", 1: "END"}, 60, f"version 2 on {replica.rest}")  # noqa: B023  awaited here
         rolled = time.monotonic()
         wait_until(lambda: load.count() >= 50 + 50, 60, "answers after the roll")
 

@@ -28,7 +28,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = []
         self.lock = threading.Lock()
 
-    def Export(self, request, context):  # noqa: N802 - the OTLP service's method name
+    def Export(self, request, context):  # the OTLP service's method name
         with self.lock:
             for resource in request.resource_spans:
                 for scope in resource.scope_spans:

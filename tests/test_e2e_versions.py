@@ -60,9 +60,9 @@ models:
 def example_logs() -> list[prediction_log_pb2.PredictionLog]:
     """One Classify, one Regress and one MultiInference record on example_scorer."""
     classify, regress, multi = (prediction_log_pb2.PredictionLog() for _ in range(3))
-    for entry, request, signature in (
-        (classify, classify.classify_log.request, "classify_x_to_y"),
-        (regress, regress.regress_log.request, "regress_x_to_y"),
+    for request, signature in (
+        (classify.classify_log.request, "classify_x_to_y"),
+        (regress.regress_log.request, "regress_x_to_y"),
     ):
         request.model_spec.signature_name = signature
         request.input.example_list.examples.add().features.feature["x"].float_list.value.append(2.0)

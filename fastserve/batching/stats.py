@@ -5,7 +5,7 @@ on the batch thread, so they must be quick and must not raise.
 """
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 QueueKey = tuple[str, int, str]  # model name, version, signature key
 

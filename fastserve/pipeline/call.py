@@ -7,7 +7,8 @@ inputs are, which outputs it wants and how its answer is written. The transport 
 brought it gives it `reply`, the one way its answer goes back. The call is itself the
 Member the batch queue holds: its deadline and cancellation travel with it.
 """
-from typing import Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import Callable
 
 import numpy as np
 from grpc import StatusCode

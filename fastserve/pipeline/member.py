@@ -6,7 +6,7 @@ its transport and dropped when its batch is formed, so its rows are never copied
 batch nor computed, while the rest of its group goes on.
 """
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from grpc import StatusCode

@@ -113,7 +113,7 @@ class Pipeline:
             signature.validate(first.inputs)
             limits.check_elements(first.inputs, self._max_elements, len(calls))
             output_keys = first.output_keys(signature)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure fails these calls alone
             self._finish(calls, _as_serving_error(exc), handle, signature)
             return
         now = time.monotonic()
@@ -221,7 +221,7 @@ class Pipeline:
 def _encoded(call: InferenceCall, handle, signature, outputs):
     try:
         return call.encode(handle, signature, outputs)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - an answer that cannot be encoded fails its call alone
         return _as_serving_error(exc)
 
 

@@ -9,7 +9,7 @@ after its last request has finished.
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from collections.abc import Mapping
 
 from fastserve.errors import invalid_argument, not_found
 from fastserve.servables.saved_model import LoadedModel

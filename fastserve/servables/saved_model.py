@@ -190,7 +190,7 @@ class _SessionRunner:
             fn = self._callables.get((input_keys, output_keys))
             if fn is None:
                 # The C++ Session::MakeCallable API: no Python-side feed checks, one C call a run.
-                fn = self.session._make_callable_from_options(options)  # noqa: SLF001
+                fn = self.session._make_callable_from_options(options)
                 self._callables[(input_keys, output_keys)] = fn
         return fn
 

@@ -1,7 +1,7 @@
 """A signature of a loaded model: its input/output specs and how to run it."""
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from tensorflow.core.protobuf import meta_graph_pb2

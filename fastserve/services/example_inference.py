@@ -8,7 +8,7 @@ several such calls on one input and puts their results together. Checks and erro
 follow TF Serving's classifier.cc, regressor.cc and multi_inference.cc.
 """
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from grpc import StatusCode

@@ -8,7 +8,7 @@ to every caller (probes carry no token), so it must not tell them which models e
 Served through the method-table mechanism, so every gRPC transport serves it.
 """
 import asyncio
-from typing import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 
 from grpc_health.v1 import health_pb2
 

@@ -1,7 +1,8 @@
 """The kinds of entries of the services' method tables ("/package.Service/Method": entry),
 besides (request class, handler) for a unary method and the inference entries
 (fastserve.pipeline.call.Inference, StreamedInference)."""
-from typing import AsyncIterator, Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import AsyncIterator, Callable
 
 
 class Streamed(NamedTuple):

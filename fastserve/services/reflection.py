@@ -3,7 +3,7 @@ services and fetch their definitions. A bidirectional stream answered message by
 the catalog puts it in the method table like every other method, so both gRPC transports
 serve it and token authentication applies to it.
 """
-from typing import Callable
+from collections.abc import Callable
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc import StatusCode

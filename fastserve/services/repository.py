@@ -7,7 +7,7 @@ Both are model-config reloads, so the manager's rules apply; with config-file po
 on, the file stays the source of truth and its next change replaces these edits.
 """
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from fastserve.config import ModelConfig
 from fastserve.errors import not_found

@@ -6,7 +6,7 @@ written. GetModelMetadata, GetModelStatus and HandleReloadConfigRequest are plai
 The REST API (services/tf_serving_rest.py) uses the same lookups and responses.
 """
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from grpc import StatusCode

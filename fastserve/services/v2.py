@@ -7,7 +7,7 @@ An infer request is an inference call (V2Call) through the same pipeline as the 
 Serving API: same servables, batching and errors.
 """
 import asyncio
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from google.protobuf import json_format

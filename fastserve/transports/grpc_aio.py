@@ -5,7 +5,7 @@ It runs its own asyncio loop on its own thread, beside the REST frontend's uvloo
 import asyncio
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import grpc
 from grpc import aio
@@ -234,7 +234,7 @@ class GrpcServer:
         if self._max_concurrent_streams:
             options.append(("grpc.max_concurrent_streams", self._max_concurrent_streams))
         server = aio.server(options=options)
-        is_served = lambda name: self._service.registry.entry(name) is not None  # noqa: E731
+        is_served = lambda name: self._service.registry.entry(name) is not None
         server.add_generic_rpc_handlers(
             generic_handlers(self._service.grpc_methods(), self._service.pipeline, self._auth, is_served))
         credentials = grpc_credentials(self._ssl) if self._ssl else None

@@ -10,7 +10,8 @@ through the reply the transport gave it.
 import asyncio
 import logging
 import time
-from typing import AsyncIterator, Callable, NamedTuple
+from typing import NamedTuple
+from collections.abc import AsyncIterator, Callable
 
 from google.protobuf.message import DecodeError
 from grpc import StatusCode

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 import uvloop
 from grpc import StatusCode
@@ -74,7 +74,7 @@ class NativeGrpcServer:
         self, service: Services, addresses: list[str], *, max_receive_bytes: int = MAX_MESSAGE_BYTES,
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
-        is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None  # noqa: E731
+        is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None
         self._methods: dict[str, Method | InferMethod | StreamMethod] = method_table(service.grpc_methods(), auth, is_served)
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None

@@ -20,7 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import httptools
 

@@ -12,7 +12,7 @@ call is dropped from its batch, a coroutine cancelled.
 import asyncio
 import logging
 import time
-from typing import Awaitable
+from collections.abc import Awaitable
 
 import orjson
 from grpc import StatusCode

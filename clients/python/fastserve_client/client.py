@@ -88,28 +88,28 @@ class _Requests:
         _spec(request.model_spec, model, version, label, signature)
         for name, array in inputs.items():
             tensors.from_numpy(np.asarray(array), request.inputs[name])
-        parse = lambda r: {name: tensors.to_numpy(t) for name, t in r.outputs.items()}  # noqa: E731
+        parse = lambda r: {name: tensors.to_numpy(t) for name, t in r.outputs.items()}
         return _PREDICTION + "Predict", request, self.tf.PredictResponse, parse
 
     def classify(self, model, examples, context, version, label, signature):
         request = self.tf.ClassificationRequest()
         _spec(request.model_spec, model, version, label, signature)
         _input(request.input, examples, context)
-        parse = lambda r: [[(c.label, c.score) for c in e.classes] for e in r.result.classifications]  # noqa: E731
+        parse = lambda r: [[(c.label, c.score) for c in e.classes] for e in r.result.classifications]
         return _PREDICTION + "Classify", request, self.tf.ClassificationResponse, parse
 
     def regress(self, model, examples, context, version, label, signature):
         request = self.tf.RegressionRequest()
         _spec(request.model_spec, model, version, label, signature)
         _input(request.input, examples, context)
-        parse = lambda r: np.array([x.value for x in r.result.regressions], np.float32)  # noqa: E731
+        parse = lambda r: np.array([x.value for x in r.result.regressions], np.float32)
         return _PREDICTION + "Regress", request, self.tf.RegressionResponse, parse
 
     def model_status(self, model, version):
         request = self.tf.GetModelStatusRequest()
         _spec(request.model_spec, model, version, None)
         state_name = self.tf.ModelVersionStatus.State.Name
-        parse = lambda r: {s.version: state_name(s.state) for s in r.model_version_status}  # noqa: E731
+        parse = lambda r: {s.version: state_name(s.state) for s in r.model_version_status}
         return _MODEL + "GetModelStatus", request, self.tf.GetModelStatusResponse, parse
 
     def infer(self, model, inputs, version, outputs):
