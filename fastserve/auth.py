@@ -38,7 +38,7 @@ class TokenAuth:
     def check(self, authorization: str | None, admin: bool) -> None:
         """Raise UNAUTHENTICATED unless `authorization` carries a token valid for this surface."""
         if admin:
-            accepted = (self._admin_token or self._token,)
+            accepted: tuple[bytes, ...] = (self._admin_token or self._token,)
         else:
             accepted = (self._token, self._admin_token) if self._token else ()
         accepted = tuple(t for t in accepted if t)

@@ -70,6 +70,6 @@ def internal(exc: Exception) -> ServingError:
 
 def from_tensorflow(exc: Exception) -> ServingError:
     """Map a TensorFlow OpError (which carries a canonical code) to a ServingError."""
-    code = BY_NUMBER.get(getattr(exc, "error_code", None), StatusCode.INTERNAL)
+    code = BY_NUMBER.get(getattr(exc, "error_code", -1), StatusCode.INTERNAL)
     message = getattr(exc, "message", None) or str(exc)
     return ServingError(code, message)

@@ -122,6 +122,7 @@ def placement(parameters: dict, tensor: str) -> Placement | None:
     for what, value in ((SIZE, size), (OFFSET, offset)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise invalid_argument(f"tensor '{tensor}': {what} must be a non-negative integer")
+    assert isinstance(size, int) and isinstance(offset, int)  # checked just above
     return Placement(region, offset, size)
 
 

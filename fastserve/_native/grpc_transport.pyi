@@ -1,31 +1,50 @@
 """gRPC server on libgrpc++'s completion queue, handing call batches to Python (csrc/grpc_transport.cc)."""
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, Final, TypeAlias, final
 
-class Call(NamedTuple):
+from _typeshed import structseq
+
+# Call and Handoff are C struct sequences (PyStructSequence): tuples with named fields.
+@final
+class Call(structseq[Any], tuple[int, str, bytes, tuple[tuple[str, str | bytes], ...], float | None]):
     """A call whose request has arrived."""
-    id: int  # for respond(), and in Handoff.cancelled
-    method: str  # /package.Service/Method
-    payload: bytes  # the serialized request
-    metadata: tuple[tuple[str, str | bytes], ...]  # -bin values as bytes
-    timeout: float | None  # seconds left before the call's deadline
+    __match_args__: Final = ("id", "method", "payload", "metadata", "timeout")
+    @property
+    def id(self) -> int: ...  # for respond(), and in Handoff.cancelled
+    @property
+    def method(self) -> str: ...  # /package.Service/Method
+    @property
+    def payload(self) -> bytes: ...  # the serialized request
+    @property
+    def metadata(self) -> tuple[tuple[str, str | bytes], ...]: ...  # -bin values as bytes
+    @property
+    def timeout(self) -> float | None: ...  # seconds left before the call's deadline
 
-class Handoff(NamedTuple):
+@final
+class Handoff(structseq[Any], tuple[list[Call], list[int], list[str], int, list[str]]):
     """What take() hands over."""
-    calls: list[Call]  # whose requests arrived since the last take()
-    cancelled: list[int]  # ids of taken calls whose client went away or whose deadline passed
-    expired: list[str]  # methods of calls answered DEADLINE_EXCEEDED on arrival (never taken), for the metrics
-    refused: int  # connections closed at max_connections since the last take(), for the metrics
-    notices: list[str]  # for the log: accepting failed (out of descriptors) or resumed, the connection cap reached or left
+    __match_args__: Final = ("calls", "cancelled", "expired", "refused", "notices")
+    @property
+    def calls(self) -> list[Call]: ...  # whose requests arrived since the last take()
+    @property
+    def cancelled(self) -> list[int]: ...  # ids of taken calls whose client went away or whose deadline passed
+    @property
+    def expired(self) -> list[str]: ...  # methods of calls answered DEADLINE_EXCEEDED on arrival (never taken), for the metrics
+    @property
+    def refused(self) -> int: ...  # connections closed at max_connections since the last take(), for the metrics
+    @property
+    def notices(self) -> list[str]: ...  # for the log: accepting failed (out of descriptors) or resumed, the connection cap reached or left
 
 # respond()'s records: (call id, status code (0: OK), message, payload: the serialized response when OK).
 # A message of a stream may have several answers: status -1 writes one and more follow; 0 with no
 # payload completes it.
-Reply = tuple[int, int, str, bytes | None]
+Reply: TypeAlias = tuple[int, int, str, bytes | None]  # for annotations only: not in the module
 
+@final
 class Transport:
     def __init__(self, addresses: list[str], max_receive_bytes: int, max_send_bytes: int,
                  tls: tuple[bytes, bytes, bytes | None, bool] | None = None, max_connections: int = 0,
-                 max_concurrent_streams: int = 0, streaming_methods: list[str] = (),
+                 max_concurrent_streams: int = 0, streaming_methods: Sequence[str] = (),
                  fixed_reply: bytes | None = None) -> None:
         """tls: (private key PEM, certificate chain PEM, root certificates PEM, require a client
         certificate); it applies to TCP addresses, unix: sockets stay plain. max_connections: open

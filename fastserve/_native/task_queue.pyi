@@ -1,7 +1,11 @@
 """A bounded lock-free queue of request tasks (csrc/task_queue.pyx, csrc/mpmc_ring.h)."""
+from typing import final
 
+@final
 class TaskQueue:
-    def __init__(self, max_rows: int) -> None: ...
+    def __new__(cls, max_rows: int) -> TaskQueue: ...  # a cdef class: its __cinit__ takes the arguments
+    @property
+    def max_rows(self) -> int: ...
     def push(self, task: object, rows: int) -> bool:
         """Queue `task` (holding `rows` rows, at least 1); False when that would pass max_rows."""
     def pop_many(self, limit: int) -> list:

@@ -53,7 +53,8 @@ def _gather_objects(parts, inner, padded_rows) -> np.ndarray:
     out = np.full((padded_rows, *inner), b"", dtype=object)
     row = 0
     for p in parts:
-        out[(slice(row, row + p.shape[0]), *(slice(0, d) for d in p.shape[1:]))] = p
+        corner = (slice(row, row + p.shape[0]), *(slice(0, d) for d in p.shape[1:]))
+        out[corner] = p
         row += p.shape[0]
     if not any(p.shape[1:] != inner for p in parts) and row:
         out[row:] = out[0]  # like the native path: pad with row 0

@@ -60,7 +60,8 @@ class LatencyModel:
             return 0.0
         above = next((s for s in sizes if s > rows), None)
         below = next((s for s in reversed(sizes) if s < rows), None)
-        if below is None:
+        if below is None:  # then a size above it was measured
+            assert above is not None
             return self._run[above]
         if above is None:
             return self._run[below] * rows / below

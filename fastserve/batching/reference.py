@@ -17,7 +17,7 @@ class TaskQueue:
         if max_rows < 1:
             raise ValueError("max_rows must be at least 1")
         self.max_rows = max_rows
-        self._tasks = deque()
+        self._tasks: deque[tuple[object, int]] = deque()
         self._rows = 0
         self._lock = threading.Lock()
 
@@ -64,6 +64,7 @@ def gather_padded(arrays: list, out: np.ndarray, padded_rows: int) -> int:
     out[:padded_rows] = 0
     row = 0
     for a in arrays:
-        out[(slice(row, row + a.shape[0]), *(slice(0, d) for d in a.shape[1:]))] = a
+        corner = (slice(row, row + a.shape[0]), *(slice(0, d) for d in a.shape[1:]))
+        out[corner] = a
         row += a.shape[0]
     return total

@@ -88,7 +88,7 @@ class PredictBody:
             if name is None and len(input_dtypes) == 1:  # the only input, unnamed
                 name = next(iter(input_dtypes))
             dtype_enum = input_dtypes.get(name, DataType.DT_STRING) if name is not None else DataType.DT_STRING
-            if dtype_enum != DataType.DT_STRING:
+            if name is not None and dtype_enum != DataType.DT_STRING:
                 return {name: _typed(raw, dtype_enum, name)}, key == "instances"
         if self._doc is None:  # numbers, but for a signature they do not fit: decode_request says why
             self._doc = loads(self._body)

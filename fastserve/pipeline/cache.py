@@ -81,12 +81,13 @@ class ResponseCaches:
     def configure(self, models) -> None:
         """At start and after a model config reload: a model whose cache settings are unchanged
         keeps its entries."""
-        caches = {}
+        caches: dict[str, ResponseCache] = {}
         for model in models:
             if model.response_cache is not None:
                 cache = self._caches.get(model.name)
-                keep = cache is not None and cache.config == model.response_cache
-                caches[model.name] = cache if keep else ResponseCache(model.name, model.response_cache)
+                if cache is None or cache.config != model.response_cache:
+                    cache = ResponseCache(model.name, model.response_cache)
+                caches[model.name] = cache
         self._caches = caches
 
     def get(self, model: str) -> ResponseCache | None:

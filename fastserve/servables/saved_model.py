@@ -19,6 +19,7 @@ placed on that device, or the concrete functions called under that device.
 import logging
 import os
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -169,7 +170,7 @@ class _SessionRunner:
         self.session = session
         self._inputs = {k: v.name for k, v in signature_def.inputs.items()}
         self._outputs = {k: v.name for k, v in signature_def.outputs.items()}
-        self._callables = {}
+        self._callables: dict[tuple, Callable] = {}
         self._lock = threading.Lock()
 
     def __call__(self, inputs: dict[str, np.ndarray], output_keys: tuple[str, ...]) -> dict[str, np.ndarray]:

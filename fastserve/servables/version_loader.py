@@ -51,7 +51,7 @@ def load_version(path: str, model: ModelConfig, server: ServerConfig, session_co
 
 def _prove(loaded: LoadedModel, model: ModelConfig, server: ServerConfig) -> None:
     """Warm-up records (when enabled and shipped), then the check of every other signature."""
-    ran = set()
+    ran: set[str] = set()
     if server.enable_model_warmup:
         started = time.monotonic()
         try:

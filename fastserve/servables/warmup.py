@@ -12,6 +12,7 @@ with the reason; any other failure fails the load. Both run on every instance.
 """
 import logging
 import os
+from collections.abc import Set
 
 import numpy as np
 import tensorflow as tf
@@ -46,14 +47,14 @@ def replay(model: LoadedModel, iterations: int = 1) -> tuple[int, set[str]]:
     path = os.path.join(model.path, WARMUP_FILE)
     if not os.path.exists(path):
         return 0, set()
-    count, ran = 0, set()
+    count, ran = 0, set[str]()
     for device in model.devices:
         n, keys = _replay(model, device, path, max(1, iterations))
         count, ran = count + n, ran | keys
     return count, ran
 
 
-def check(model: LoadedModel, done: set[str] = frozenset()) -> dict[str, str]:
+def check(model: LoadedModel, done: Set[str] = frozenset()) -> dict[str, str]:
     """Run every servable signature not in `done` once on a synthetic request, on every
     instance. Returns {key: why} for those it skipped; raises WarmupError if one fails."""
     skipped = {}
@@ -93,7 +94,7 @@ def synthetic_input(dtype: int, shape) -> np.ndarray:
 
 
 def _replay(model: LoadedModel, device, path: str, iterations: int) -> tuple[int, set[str]]:
-    count, ran = 0, set()
+    count, ran = 0, set[str]()
     try:
         for number, record in enumerate(tf.compat.v1.io.tf_record_iterator(path)):
             if number >= MAX_RECORDS:

@@ -35,7 +35,7 @@ class Reflection:
             elif kind == "file_containing_extension":
                 extension = request.file_containing_extension
                 message = pool.FindMessageTypeByName(extension.containing_type)
-                self._files(response, pool.FindExtensionByNumber(message, extension.extension_number).file)
+                self._files(response, pool.FindExtensionByNumber(message, extension.extension_number).file)  # type: ignore[attr-defined]  # not in types-protobuf
             elif kind == "all_extension_numbers_of_type":
                 message = pool.FindMessageTypeByName(request.all_extension_numbers_of_type)
                 response.all_extension_numbers_response.base_type_name = message.full_name

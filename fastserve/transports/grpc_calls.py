@@ -54,7 +54,7 @@ def _authorization(metadata) -> str | None:
 def _model_label(request, is_served: Callable[[str], bool]) -> str:
     """The model a request names, for metrics; names that are not served share one label."""
     spec = getattr(request, "model_spec", None)  # TF Serving's; V2 names it model_name (infer) or name
-    name = spec.name if spec is not None else getattr(request, "model_name", None) or getattr(request, "name", "")
+    name: str = spec.name if spec is not None else getattr(request, "model_name", "") or getattr(request, "name", "")
     return name if is_served(name) else metrics.UNKNOWN_MODEL
 
 

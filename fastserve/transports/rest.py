@@ -149,12 +149,11 @@ class RestApp:
         code = StatusCode.OK
         _IN_FLIGHT.inc()
         try:
-            async with asyncio.timeout(self._timeout):
-                return await answer
+            return await asyncio.wait_for(answer, self._timeout)  # (asyncio.timeout is Python 3.11's)
         except ServingError as exc:
             code = exc.code
             return serving_error_response(exc)
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
             code = StatusCode.DEADLINE_EXCEEDED
             return self._deadline_response()
         except asyncio.CancelledError:  # the client closed its connection

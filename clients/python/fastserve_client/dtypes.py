@@ -13,7 +13,7 @@ from fastserve_client import protos
 try:
     import ml_dtypes
 except ImportError:  # optional for the client: only bfloat16 tensors need it
-    ml_dtypes = None
+    ml_dtypes = None  # type: ignore[assignment]  # checked before use
 
 DataType = protos.tensorflow_serving().DataType  # the tensorflow.DataType enum
 

@@ -119,7 +119,8 @@ def to_raw(array: np.ndarray) -> bytes:
 
 def split_bytes(raw: bytes) -> np.ndarray:
     """The elements of raw BYTES data, as a flat object array."""
-    items, offset, view = [], 0, memoryview(raw)
+    items: list[bytes] = []
+    offset, view = 0, memoryview(raw)
     while offset < len(raw):
         if offset + 4 > len(raw):
             raise ValueError(f"BYTES element {len(items)} has a truncated 4-byte length prefix")
