@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="comma-separated Python modules to import before any model, e.g. tensorflow_text (registers its ops)")
     own.add_argument("--model_cache_dir", help="where versions served from object storage (s3://...) are copied (default: a temporary directory)")
     own.add_argument("--log_level", default=os.environ.get("FASTSERVE_LOG_LEVEL", "INFO"), help="DEBUG, INFO, WARNING, ERROR")
-    own.add_argument("--log_format", choices=("plain", "json"), default=os.environ.get("FASTSERVE_LOG_FORMAT", "plain"),
+    own.add_argument("--log_format", choices=logs.FORMATS, default=os.environ.get("FASTSERVE_LOG_FORMAT", "plain"),
                      help="plain text or one JSON object per line (default plain)")
     own.add_argument("--request_log_sample_rate", type=float, default=0.0,
                      help="fraction of requests to log, 0..1 (default 0; never payloads)")

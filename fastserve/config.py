@@ -118,6 +118,10 @@ from fastserve.text_proto import message_classes
 from fastserve.tls import SSLConfig, SSLConfigError, load_ssl_config_file
 
 
+MAX_MESSAGE_BYTES = 2**31 - 1  # gRPC's largest: no practical limit unless configured, as TF Serving
+METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's Prometheus path; /metrics is served too
+
+
 class ConfigError(Exception):
     """The configuration is invalid; the message names the key."""
 
@@ -190,14 +194,14 @@ class ServerConfig:
     grpc_max_connections: int = 0  # 0 = a quarter of the descriptor limit (transports/descriptors.py)
     grpc_max_concurrent_streams: int = 0  # 0 = gRPC's default (no limit), as TF Serving
     grpc_transport: str = ""  # native | aio; "" = native where built
-    grpc_max_receive_bytes: int = 2**31 - 1
+    grpc_max_receive_bytes: int = MAX_MESSAGE_BYTES
     max_tensor_elements: int = 0
     ssl_config: SSLConfig | None = None  # PEM contents; the gRPC and REST frontends both use it
     auth_token: str = field(default="", repr=False)
     admin_token: str = field(default="", repr=False)
     enable_metrics: bool = True
     model_root: str = ""  # when set, every model path must resolve (symlinks, ..) inside it
-    metrics_path: str = "/monitoring/prometheus/metrics"
+    metrics_path: str = METRICS_PATH
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
     model_config_file_poll_wait_seconds: float = 0

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from fastserve.batching import devices
+
 log = logging.getLogger(__name__)
 
 REGISTRY = CollectorRegistry()
@@ -76,7 +78,6 @@ MODEL_RUNTIME = Gauge(
     "fastserve_model_runtime", "1 for the runtime (session or function) each loaded model version runs on.",
     ["model", "version", "runtime"], registry=REGISTRY)
 
-STATES = ("START", "LOADING", "AVAILABLE", "UNLOADING", "END")
 UNKNOWN_MODEL = ""  # the model label of requests for models that are not served
 
 
@@ -305,15 +306,17 @@ def export_batching(stats) -> None:
 # ---------------------------------------------------------------- control plane
 
 
-def model_state(model: str, version: int, state: str, previous_state: str | None, previous_since: float,
-                now: float, failed: bool) -> None:
-    """Record one version state transition (called by the state monitor)."""
-    for name in STATES:
+def model_state(model: str, version: int, state: str, states: tuple[str, ...], loaded_in: float | None,
+                load_failed: bool) -> None:
+    """Record one version state transition (called by the state monitor, which owns the state
+    names): the version is in `state`, not in the other `states`; loaded_in: the seconds a load
+    that just succeeded took."""
+    for name in states:
         MODEL_STATE.labels(model, str(version), name).set(1 if name == state else 0)
-    if previous_state == "LOADING" and state == "AVAILABLE":
+    if loaded_in is not None:
         LOAD_ATTEMPTS.labels(model, "success").inc()
-        LOAD_SECONDS.labels(model).observe(now - previous_since)
-    elif failed and previous_state == "LOADING":
+        LOAD_SECONDS.labels(model).observe(loaded_in)
+    elif load_failed:
         LOAD_ATTEMPTS.labels(model, "fail").inc()
 
 
@@ -331,31 +334,21 @@ def model_runtime(model: str, version: int, runtime: str, loaded: bool) -> None:
 class _GpuCollector:
     """Per-GPU utilization and memory from NVML, read at scrape time; nothing without GPUs."""
 
-    def __init__(self):
-        self._nvml = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
-            self._uuids = [_text(pynvml.nvmlDeviceGetUUID(h)) for h in self._handles]
-            self._nvml = pynvml
-        except Exception as exc:  # no driver, no GPU: no GPU metrics
-            log.debug("no GPU metrics: %s", exc)
-
     def collect(self):
-        if not self._nvml:
+        opened = devices.nvml()
+        if opened is None:
             return
-        nvml = self._nvml
+        nvml, handles = opened
         util = GaugeMetricFamily("nv_gpu_utilization", "GPU utilization rate (0.0 - 1.0)", labels=["gpu_uuid"])
         used = GaugeMetricFamily("nv_gpu_memory_used_bytes", "GPU used memory, in bytes", labels=["gpu_uuid"])
         total = GaugeMetricFamily("nv_gpu_memory_total_bytes", "GPU total memory, in bytes", labels=["gpu_uuid"])
-        for handle, uuid in zip(self._handles, self._uuids):
+        for index, handle in enumerate(handles):
             try:
+                uuid = _text(nvml.nvmlDeviceGetUUID(handle))
                 rates = nvml.nvmlDeviceGetUtilizationRates(handle)
                 memory = nvml.nvmlDeviceGetMemoryInfo(handle)
             except nvml.NVMLError as exc:
-                log.warning("cannot read GPU %s: %s", uuid, exc)
+                log.warning("cannot read GPU %d: %s", index, exc)
                 continue
             util.add_metric([uuid], rates.gpu / 100.0)
             used.add_metric([uuid], memory.used)

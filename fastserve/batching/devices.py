@@ -1,10 +1,12 @@
 """The devices models run on: what the machine has, and the names configs use.
 
 GPUs are listed through NVML (nvidia-ml-py), with their names and memory; a machine
-without an NVIDIA driver, or without GPUs, runs on the CPU and says so once. The CPU
+without an NVIDIA driver, or without GPUs, runs on the CPU and says so once. This module
+owns NVML: the metrics' GPU collector reads it through nvml() too. The CPU
 can be split into several logical TensorFlow devices (server.cpu_devices), so a
 model's executors can be spread over CPU devices the way they are over GPUs.
 """
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -28,41 +30,40 @@ def normalize(name: str) -> str:
     return f"/device:{match.group(1).upper()}:{int(match.group(2))}"
 
 
-def gpus() -> list[Device]:
-    """The NVIDIA GPUs NVML reports (in NVML's order); [] without a driver or GPUs."""
+@functools.cache
+def nvml():
+    """pynvml, initialised once for the process (never shut down: the metrics read it at every
+    scrape), and the handle of each GPU in NVML's order; None without a driver or GPUs."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
+        return pynvml, [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
     except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
         log.info("no NVIDIA driver (%s): models run on the CPU", exc)
+        return None
+
+
+def gpus() -> list[Device]:
+    """The NVIDIA GPUs NVML reports (in NVML's order); [] without a driver or GPUs."""
+    if (opened := nvml()) is None:
         return []
-    try:
-        found = []
-        for index in range(pynvml.nvmlDeviceGetCount()):
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-            name = pynvml.nvmlDeviceGetName(handle)
-            name = name.decode() if isinstance(name, bytes) else name
-            memory = pynvml.nvmlDeviceGetMemoryInfo(handle).total
-            found.append(Device(f"/device:GPU:{index}", f"{name}, {memory / 2**30:.1f} GiB"))
-        return found
-    finally:
-        pynvml.nvmlShutdown()
+    library, handles = opened
+    found = []
+    for index, handle in enumerate(handles):
+        name = library.nvmlDeviceGetName(handle)
+        name = name.decode() if isinstance(name, bytes) else name
+        memory = library.nvmlDeviceGetMemoryInfo(handle).total
+        found.append(Device(f"/device:GPU:{index}", f"{name}, {memory / 2**30:.1f} GiB"))
+    return found
 
 
 def gpu_memory_used() -> dict[int, int]:
     """Bytes in use on each GPU now, by NVML index ({} without a driver or GPUs)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # no driver: no GPUs to account for
+    if (opened := nvml()) is None:
         return {}
-    try:
-        return {i: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).used
-                for i in range(pynvml.nvmlDeviceGetCount())}
-    finally:
-        pynvml.nvmlShutdown()
+    library, handles = opened
+    return {i: library.nvmlDeviceGetMemoryInfo(handle).used for i, handle in enumerate(handles)}
 
 
 def split_cpu(count: int) -> None:

@@ -30,10 +30,6 @@ class QueueTotals:
     queue_wait_seconds: float = 0.0  # summed over tasks
     execution_seconds: float = 0.0  # summed over batches
 
-    @property
-    def mean_batch_size(self) -> float:
-        return self.rows / self.batches if self.batches else 0.0
-
 
 class BatchStats:
     def __init__(self):

@@ -22,6 +22,8 @@ from fastserve.servables.signature import Signature
 # gRPC, an http Response for REST), back to its transport; called once, on the call's event loop.
 Reply = Callable[["InferenceCall", ServingError | None, object], None]
 
+PREDICT = "Predict"  # TF Serving's method name: the metrics' API label of a Predict call, over REST too
+
 
 class InferenceCall(Member):
     """The base of every API's calls. A subclass sets `api` (the metrics' API label) and
@@ -29,7 +31,7 @@ class InferenceCall(Member):
 
     __slots__ = ("entrypoint", "model", "version", "label", "signature_key", "output_filter", "started", "reply", "reply_to",
                  "answered", "cache_key")
-    api = "Predict"
+    api = PREDICT
 
     def __init__(self, model: str, version: int | None, label: str | None, signature_key: str, output_filter=()):
         # The Member's fields, set here directly: one call less on every request.

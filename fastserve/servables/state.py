@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 
 # TF Serving's ModelVersionStatus.State names, in lifecycle order.
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+STATES = (START, LOADING, AVAILABLE, UNLOADING, END)
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,10 @@ class StateMonitor:
             versions = self._states.setdefault(name, {})
             previous = versions.get(version)
             versions[version] = VersionState(state, code, message, now)
-        metrics.model_state(name, version, state, previous.state if previous else None,
-                            previous.since if previous else now, now, failed=code != StatusCode.OK)
+        load_began = previous.since if previous is not None and previous.state == LOADING else None
+        metrics.model_state(name, version, state, STATES,
+                            loaded_in=now - load_began if load_began is not None and state == AVAILABLE else None,
+                            load_failed=load_began is not None and code != StatusCode.OK)
         took = f" after {now - previous.since:.3f}s in {previous.state}" if previous else ""
         fields = {"model": name, "version": version, "state": state, "code": code.name}
         if previous:
@@ -51,7 +54,3 @@ class StateMonitor:
     def versions(self, name: str) -> dict[int, VersionState]:
         with self._lock:
             return dict(self._states.get(name, {}))
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._states.pop(name, None)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 class Request:
     method: str
     path: str  # without the query string
-    query: str
     headers: dict[str, str]  # lower-case names
     body: bytes
 

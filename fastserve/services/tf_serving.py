@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (
 from fastserve.codec import tensor_proto
 from fastserve.config import ConfigError, ModelConfig, models_from_proto
 from fastserve.errors import ServingError, invalid_argument, not_found
-from fastserve.pipeline.call import Inference, InferenceCall
+from fastserve.pipeline.call import PREDICT as PREDICT_METHOD, Inference, InferenceCall
 from fastserve.services.example_inference import ExampleInference
 from fastserve.services.model_spec import resolved_spec, version_choice
 from fastserve.servables.registry import Registry, ServableHandle
@@ -29,7 +29,7 @@ from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 from fastserve.servables.state import StateMonitor
 
 _State = get_model_status_pb2.ModelVersionStatus.State
-PREDICT = "/tensorflow.serving.PredictionService/Predict"
+PREDICT = f"/tensorflow.serving.PredictionService/{PREDICT_METHOD}"
 
 
 class PredictCall(InferenceCall):

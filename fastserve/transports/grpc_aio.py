@@ -12,11 +12,12 @@ from grpc import aio
 
 from fastserve import metrics
 from fastserve.auth import TokenAuth
+from fastserve.config import MAX_MESSAGE_BYTES
 from fastserve.errors import ServingError
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.services.catalog import Services
 from fastserve.transports.grpc_calls import (
-    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, ResponseStream, StreamMethod, method_table,
+    InferMethod, MessageStream, Method, ResponseStream, StreamMethod, method_table,
 )
 from fastserve.tls import SSLConfig, grpc_credentials
 

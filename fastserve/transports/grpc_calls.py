@@ -26,7 +26,6 @@ from fastserve.services.methods import ServerStream, Streamed
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 2**31 - 1  # as TF Serving: no practical limit unless configured
 
 _IN_FLIGHT = metrics.in_flight("GRPC")
 

@@ -22,11 +22,12 @@ from grpc import StatusCode
 
 from fastserve import metrics
 from fastserve.auth import TokenAuth
+from fastserve.config import MAX_MESSAGE_BYTES
 from fastserve.errors import ServingError
 from fastserve.pipeline.call import InferenceCall
 from fastserve.services.catalog import Services
 from fastserve.transports.grpc_calls import (
-    MAX_MESSAGE_BYTES, InferMethod, MessageStream, Method, Outcome, ResponseStream, StreamMethod, count_gone_on_arrival,
+    InferMethod, MessageStream, Method, Outcome, ResponseStream, StreamMethod, count_gone_on_arrival,
     method_table,
 )
 from fastserve.tls import SSLConfig

@@ -283,7 +283,6 @@ class _Connection(asyncio.Protocol):
         request = Request(
             method=self._parser.get_method().decode(),
             path=url.path.decode("latin-1"),
-            query=(url.query or b"").decode("latin-1"),
             headers=self._headers,
             body=b"".join(self._body),
         )

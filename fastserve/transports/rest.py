@@ -19,9 +19,10 @@ from grpc import StatusCode
 
 from fastserve import limits, metrics, tracing
 from fastserve.auth import TokenAuth
+from fastserve.config import METRICS_PATH
 from fastserve.errors import HTTP_STATUS, ServingError, internal
 from fastserve.logs import request_log
-from fastserve.pipeline.call import InferenceCall
+from fastserve.pipeline.call import PREDICT, InferenceCall
 from fastserve.pipeline.member import PRIORITY_KEY, deadline_after, priority_level
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.registry import Registry
@@ -29,10 +30,9 @@ from fastserve.services.rest_messages import Request, Response
 
 log = logging.getLogger(__name__)
 
-METRICS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's; /metrics is served too
 _IN_FLIGHT = metrics.in_flight("REST")
 # REST verbs and resources -> the gRPC method names, so both entrypoints share API labels.
-_API_LABELS = {"predict": "Predict", "classify": "Classify", "regress": "Regress", "metadata": "GetModelMetadata",
+_API_LABELS = {"predict": PREDICT, "classify": "Classify", "regress": "Regress", "metadata": "GetModelMetadata",
                "status": "GetModelStatus", "infer": "ModelInfer", "ready": "ModelReady"}
 
 
