@@ -328,6 +328,47 @@ def model_runtime(model: str, version: int, runtime: str, loaded: bool) -> None:
         MODEL_RUNTIME.remove(model, str(version), runtime)
 
 
+# ---------------------------------------------------------------- many models under a memory budget
+
+MODEL_MEMORY = Gauge(
+    "fastserve_model_memory_bytes", "Memory a loaded model version took when it loaded, by device (host, GPU:N).",
+    ["model", "version", "device"], registry=REGISTRY)
+MEMORY_BUDGET = Gauge("fastserve_memory_budget_bytes", "server.model_memory_budget_mb in bytes (0: no budget).", registry=REGISTRY)
+MEMORY_IN_USE = Gauge("fastserve_memory_budget_in_use_bytes", "Host memory the loaded model versions took, together.",
+                      registry=REGISTRY)
+ON_DEMAND_LOADS = Counter(
+    "fastserve_on_demand_loads", "Loads of on-demand models started by a request, by result (ok, failed, no_room).",
+    ["model", "result"], registry=REGISTRY)
+ON_DEMAND_HITS = Counter(
+    "fastserve_on_demand_hits", "Request groups for an on-demand model that found it loaded.", ["model"], registry=REGISTRY)
+EVICTIONS = Counter(
+    "fastserve_evictions", "On-demand model versions unloaded to make room within the memory budget.", ["model"],
+    registry=REGISTRY)
+COLD_START_SECONDS = Histogram(
+    "fastserve_cold_start_seconds", "How long requests waited for their on-demand model to load.", ["model"],
+    buckets=_SECOND_BUCKETS, registry=REGISTRY)
+
+
+def on_demand_hit(model: str) -> None:
+    ON_DEMAND_HITS.labels(model).inc()
+
+
+def cold_start(model: str, seconds: float) -> None:
+    COLD_START_SECONDS.labels(model).observe(seconds)
+
+
+def model_memory(model: str, version: int, host: int | None, gpus: dict[int, int]) -> None:
+    """A version's footprint while it is loaded (host None: it unloaded)."""
+    for device, value in (("host", host), *((f"GPU:{i}", None if host is None else b) for i, b in gpus.items())):
+        if value is None:
+            try:
+                MODEL_MEMORY.remove(model, str(version), device)
+            except KeyError:
+                pass
+        else:
+            MODEL_MEMORY.labels(model, str(version), device).set(value)
+
+
 # ---------------------------------------------------------------- GPUs (Triton's nv_gpu_* set)
 
 

@@ -51,7 +51,8 @@ class Server:
         self.caches = ResponseCaches()
         self.caches.configure(config.models)
         self.manager.unload_listeners.append(self.caches.release_version)
-        self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements, self.caches)
+        self.pipeline = Pipeline(self.registry, self.scheduler, config.max_tensor_elements, self.caches,
+                                 self.manager.load_on_demand, config.on_demand_load_timeout_ms / 1000)
         examples = ExampleInference(self.registry, self.pipeline)
         self.service = TFServingService(self.registry, self.monitor, examples, self.reload_models)
         self.health = Health(self.registry, self.manager.all_available, models_private=bool(config.auth_token))
@@ -182,10 +183,13 @@ class Server:
         log.info("fastserve stopped")
 
     def _log_models(self) -> None:
-        for name in [m.name for m in self.config.models]:
+        for model in self.config.models:
+            name = model.name
             states = self.monitor.versions(name)
             entry = self.registry.entry(name)
-            if entry and entry.versions:
+            if self.config.on_demand(model):
+                log.info("model %s loads on its first request (versions %s on disk)", name, sorted(states))
+            elif entry and entry.versions:
                 log.info("serving model %s versions %s from %s", name, sorted(entry.versions), _base_path(self.config, name))
             else:
                 errors = "; ".join(f"version {v}: {s.message}" for v, s in sorted(states.items()) if s.message)

@@ -11,7 +11,7 @@ import requests
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from fastserve import protos
+from fastserve_client import protos
 from tests.conftest import rest_predict
 from tests.model_builder import export_adder, install_version
 

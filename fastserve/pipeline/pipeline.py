@@ -17,6 +17,8 @@ import asyncio
 import functools
 import logging
 import time
+from concurrent.futures import Future
+from typing import Callable
 
 import numpy as np
 from grpc import StatusCode
@@ -33,18 +35,23 @@ from fastserve.servables.signature import Signature
 log = logging.getLogger(__name__)
 
 class Pipeline:
-    def __init__(self, registry: Registry, scheduler, max_tensor_elements: int = 0, caches: ResponseCaches | None = None):
+    def __init__(self, registry: Registry, scheduler, max_tensor_elements: int = 0, caches: ResponseCaches | None = None,
+                 load_on_demand: Callable[[str], Future | None] = lambda name: None, load_timeout: float = 60.0):
         self._registry = registry
         self._scheduler = scheduler  # batching.scheduler.Scheduler
         self._max_elements = max_tensor_elements
         self._caches = caches or ResponseCaches()
+        self._load_on_demand = load_on_demand  # the manager's: the load an unloaded on-demand model's requests wait for
+        self._load_timeout = load_timeout  # seconds (server.on_demand_load_timeout_ms)
 
     # ------------------------------------------------------------ entry points
 
-    def submit(self, calls: list[InferenceCall]) -> None:
-        """Start calls that arrived together; each is answered through its `reply`."""
-        handles: dict[tuple, ServableHandle | ServingError] = {}
+    def submit(self, calls: list[InferenceCall], load: bool = True) -> None:
+        """Start calls that arrived together; each is answered through its `reply`. Calls for an
+        on-demand model that is not loaded wait for its load (unless `load` is False)."""
+        handles: dict[tuple, ServableHandle | ServingError | Future] = {}
         groups: dict[tuple, tuple] = {}
+        waiting: dict[Future, list[InferenceCall]] = {}
         for call in calls:
             if call.answered:  # its client went away before it was submitted
                 continue
@@ -53,10 +60,10 @@ class Pipeline:
             handle = handles.get(spec)
             try:
                 if handle is None:
-                    try:
-                        handle = handles[spec] = self._registry.lookup(*spec)
-                    except ServingError as exc:
-                        handle = handles[spec] = exc
+                    handle = handles[spec] = self._resolve(spec, load)
+                if isinstance(handle, Future):
+                    waiting.setdefault(handle, []).append(call)
+                    continue
                 if isinstance(handle, ServingError):
                     raise handle
                 signature = call.signature(handle)
@@ -78,6 +85,48 @@ class Pipeline:
             for handle in handles.values():
                 if isinstance(handle, ServableHandle):
                     handle.servable.release()  # each queued task holds the version itself
+        for load, waiters in waiting.items():
+            self._wait_for_load(load, waiters)
+
+    def _resolve(self, spec: tuple, load: bool) -> ServableHandle | ServingError | Future:
+        """The version a spec names, the error that answers it, or the load of its on-demand model."""
+        try:
+            handle = self._registry.lookup(*spec)
+        except ServingError as exc:
+            pending = self._load_on_demand(spec[0]) if load and exc.code == StatusCode.NOT_FOUND else None
+            return exc if pending is None else pending
+        if load and handle.servable.on_demand:  # (not when it waited for the load)
+            metrics.on_demand_hit(handle.name)
+        return handle
+
+    def _wait_for_load(self, load: Future, calls: list[InferenceCall]) -> None:
+        """Submit the calls again once their model has loaded (answer them with its error if it
+        cannot), or answer them UNAVAILABLE after server.on_demand_load_timeout_ms."""
+        loop = asyncio.get_running_loop()
+        waited_from = time.perf_counter()
+        timer = loop.call_later(self._load_timeout, self._load_timed_out, calls)
+
+        def loaded() -> None:
+            timer.cancel()
+            metrics.cold_start(calls[0].model, time.perf_counter() - waited_from)
+            error = load.exception()
+            if error is None:
+                self.submit(calls, load=False)
+            else:
+                self._finish(calls, _as_serving_error(error))
+
+        def done(_) -> None:  # on a load thread
+            try:
+                loop.call_soon_threadsafe(loaded)
+            except RuntimeError:  # that loop has closed: nobody is waiting
+                pass
+
+        load.add_done_callback(done)
+
+    def _load_timed_out(self, calls: list[InferenceCall]) -> None:
+        error = ServingError(StatusCode.UNAVAILABLE, f"model {calls[0].model} is still loading after {self._load_timeout:g}s "
+                                                     "(server.on_demand_load_timeout_ms); retry later")
+        self._finish(calls, error)
 
     async def run(self, call: InferenceCall):
         """Serve one call and return its response (raises its error): for services that

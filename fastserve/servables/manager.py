@@ -10,12 +10,19 @@ at once, waits for its in-flight requests to finish, then frees it (END).
 Loads run on their own thread pool, one reconcile pass per model at a time, so a big
 load never stalls serving, nor the loading of other models. A failed load is retried
 on later passes (max_num_load_retries, load_retry_interval_seconds), never blocking.
+
+On-demand models (`load: on_demand`) are scanned like the others, but load only when a
+request asks for one (`load_on_demand`: concurrent requests share one load); once loaded
+they follow their base path as any model. Every load is measured (servables/memory.py);
+with a memory budget, a load that would pass it first unloads the least recently used
+on-demand models that have no request in flight or queued, and an on-demand load that
+still does not fit is refused (RESOURCE_EXHAUSTED); eager models are never unloaded for room.
 """
 import logging
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -23,8 +30,9 @@ from grpc import StatusCode
 
 from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig, is_url, outside_root
-from fastserve.errors import ServingError
+from fastserve.errors import ServingError, not_found
 from fastserve.servables import saved_model
+from fastserve.servables.memory import MemoryBudget, give_back
 from fastserve.servables.registry import Registry, ServableVersion
 from fastserve.servables.object_store import ObjectStoreScanner
 from fastserve.servables.source import VersionScanner
@@ -44,8 +52,9 @@ class _Failure:
 class _Model:
     """The manager's own book-keeping for one configured model."""
 
-    def __init__(self, config: ModelConfig, cache_dir: str):
+    def __init__(self, config: ModelConfig, cache_dir: str, on_demand: bool):
         self.config = config
+        self.on_demand = on_demand
         if is_url(config.base_path):
             self.scanner = ObjectStoreScanner(config.name, config.base_path, cache_dir)
         else:
@@ -63,13 +72,19 @@ class ModelManager:
         self._config = config
         self._registry = registry
         self._monitor = monitor
-        self._models = {m.name: _Model(m, config.model_cache_dir) for m in config.models}
+        self._models = {m.name: self._new_model(m) for m in config.models}
         self._models_lock = threading.Lock()  # guards the dict itself (reload adds/removes)
         self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load")
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._session_config = session_config(config)
         self.unload_listeners = []  # called with each drained ServableVersion before it is freed
+        self.budget = MemoryBudget(config.model_memory_budget_mb, config.gpu_memory_budget_mb)
+        self._demands: dict[str, Future] = {}  # model name -> the load its requests wait for
+        self._demands_lock = threading.Lock()
+
+    def _new_model(self, config: ModelConfig) -> _Model:
+        return _Model(config, self._config.model_cache_dir, self._config.on_demand(config))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -107,8 +122,8 @@ class ModelManager:
             return list(self._models.values())
 
     def all_available(self) -> bool:
-        """Every configured model has at least one version serving."""
-        return all(m.loaded for m in self._current())
+        """Every configured model that loads at start has at least one version serving."""
+        return all(m.loaded for m in self._current() if not m.on_demand)
 
     @property
     def models(self) -> list[ModelConfig]:
@@ -148,7 +163,7 @@ class ModelManager:
         removed = [m for name, m in current.items() if name not in keep or name in replaced]
         for model in removed:
             self._remove(model)
-        new_models = [_Model(c, self._config.model_cache_dir) for c in added]
+        new_models = [self._new_model(c) for c in added]
         with self._models_lock:
             for model in removed:
                 self._models.pop(model.config.name, None)
@@ -157,6 +172,7 @@ class ModelManager:
         for model, config in changed:
             with model.lock:
                 model.config = config
+                model.on_demand = self._config.on_demand(config)
                 self._publish(model)
         todo = new_models + [m for m, _ in changed]
         wait([self._pool.submit(self._reconcile, m, True) for m in todo])
@@ -204,6 +220,79 @@ class ModelManager:
                 self._unload(model, version)
             self._registry.update(model.config.name, None)
 
+    # ------------------------------------------------------------ on demand
+
+    def load_on_demand(self, name: str) -> Future | None:
+        """For an on-demand model with no version loaded: the load its requests wait for (shared
+        by concurrent callers; it fails with the ServingError that answers them). None for any
+        other model: its lookup's answer stands."""
+        with self._models_lock:
+            model = self._models.get(name)
+        if model is None or not model.on_demand or model.loaded:
+            return None
+        with self._demands_lock:
+            future = self._demands.get(name)
+            if future is None or future.done():
+                future = self._demands[name] = self._pool.submit(self._demand, model)
+        return future
+
+    def _demand(self, model: _Model) -> None:
+        name = model.config.name
+        with model.lock:
+            if model.removed:
+                raise not_found(f"Servable not found for request: Latest({name})")
+            attempts = sum(f.attempts for f in model.failed.values())
+            if not model.loaded:
+                try:
+                    self._reconcile_locked(model, rescan=model.ready is None, demand=True)
+                except _NoRoom as exc:
+                    metrics.ON_DEMAND_LOADS.labels(name, "no_room").inc()
+                    raise exc.error from None
+            if model.loaded:
+                metrics.ON_DEMAND_LOADS.labels(name, "ok").inc()
+                return
+            if sum(f.attempts for f in model.failed.values()) > attempts:  # (not when the last failure is too recent to retry)
+                metrics.ON_DEMAND_LOADS.labels(name, "failed").inc()
+            failed = [s for v, s in sorted(self._monitor.versions(name).items()) if s.code != StatusCode.OK]
+            if failed:
+                raise ServingError(failed[-1].code, failed[-1].message)
+            raise not_found(f"model {name} has no version to load under {model.config.base_path}")
+
+    def _make_room(self, model: _Model, needed: int, refuse: bool = True) -> None:
+        """Unload least recently used idle on-demand models until `needed` more bytes fit the budget;
+        raises _NoRoom for an on-demand model when they do not (an eager one loads anyway)."""
+        if not self.budget.over(needed):
+            return
+        others = [m for m in self._current() if m is not model and m.on_demand and m.loaded]
+        for victim in sorted(others, key=lambda m: max((s.last_used for s in m.loaded.values()), default=0)):
+            if not victim.lock.acquire(timeout=1.0):  # a poll pass is quick; a load is not
+                continue  # loading: not idle (and never waited for long: it may be waiting for this budget)
+            try:
+                servables = list(victim.loaded.values())
+                if victim.removed or not servables or any(s.in_flight for s in servables):
+                    continue
+                idle = time.monotonic() - max(s.last_used for s in servables)
+                freed = sum(self._unload(victim, v, evicted=True) for v in sorted(victim.loaded))
+            finally:
+                victim.lock.release()
+            give_back()
+            metrics.EVICTIONS.labels(victim.config.name).inc()
+            log.info("evicted model %s (idle %.1fs, %.1f MB freed) to make room for %s", victim.config.name, idle, freed / 2**20,
+                     model.config.name, extra={"fields": {"model": victim.config.name, "idle_seconds": round(idle, 3),
+                                                          "bytes_freed": freed, "for_model": model.config.name}})
+            if not self.budget.over(needed):
+                return
+        if not refuse:
+            return  # (after a load: nothing more to unload)
+        message = (f"model {model.config.name} needs about {needed / 2**20:.0f} MB, and the memory budget of "
+                   f"{self.budget.budget / 2**20:.0f} MB (server.model_memory_budget_mb) is held by "
+                   f"{self.budget.in_use / 2**20:.0f} MB of versions in use or loaded eagerly; retry later")
+        if not model.on_demand:
+            log.warning("%s: loading it anyway (it loads eagerly)", message)
+        elif self.budget.in_use:
+            raise _NoRoom(ServingError(StatusCode.RESOURCE_EXHAUSTED, message))
+        # else alone, it may try: what it was expected to need may have included the process's own first costs
+
     # ------------------------------------------------------------ reconcile
 
     def _reconcile(self, model: _Model, rescan: bool) -> None:
@@ -212,10 +301,12 @@ class ModelManager:
                 return
             try:
                 self._reconcile_locked(model, rescan)
+            except _NoRoom:
+                pass  # its state says so; the next poll or request tries again
             except Exception:  # a bug here must not kill the poll loop
                 log.exception("reconciling model %s failed", model.config.name)
 
-    def _reconcile_locked(self, model: _Model, rescan: bool) -> None:
+    def _reconcile_locked(self, model: _Model, rescan: bool, demand: bool = False) -> None:
         if rescan or model.ready is None:
             try:
                 model.ready = model.scanner.ready_versions()
@@ -229,6 +320,11 @@ class ModelManager:
             model.missing_base_logged = False
         ready = model.ready
         aspired = model.config.version_policy.select(ready)
+        if model.on_demand and not model.loaded and not demand:  # not in memory until a request asks
+            known = self._monitor.versions(model.config.name)
+            for version in aspired - known.keys():
+                self._monitor.set(model.config.name, version, START, message=NOT_LOADED)
+            return
         stale = model.loaded.keys() - aspired
         if model.config.load_policy == "resource_preserving":
             # Models too big for two copies: free the old version before loading the new.
@@ -250,7 +346,9 @@ class ModelManager:
         failure = model.failed.get(version)
         if failure and failure.contents != contents:
             failure = None  # new files: start over
-        if failure and (failure.attempts >= attempts_allowed or time.monotonic() < failure.next_try):
+        if failure and time.monotonic() < failure.next_try:
+            return
+        if failure and failure.attempts >= attempts_allowed and not model.on_demand:  # a request may try again
             return
         attempt = failure.attempts + 1 if failure else 1
         if attempt == 1:
@@ -261,21 +359,34 @@ class ModelManager:
             escaped = outside_root(path, cfg.model_root, recursive=True)
             if escaped:  # a version directory (or a file in it) linked from outside the model root
                 raise saved_model.LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
-            loaded = load_version(path, model.config, cfg, self._session_config, version)
+            with self.budget.one_at_a_time():
+                try:
+                    self._make_room(model, self.budget.expected(name, version, path))
+                except _NoRoom as exc:
+                    self._monitor.set(name, version, START, exc.error.code, exc.error.message)
+                    raise
+                with self.budget.measuring(path) as footprint:
+                    loaded = load_version(path, model.config, cfg, self._session_config, version)
+                self.budget.loaded(name, version, footprint())
+                self._make_room(model, 0, refuse=False)  # it may have taken more than expected
+        except _NoRoom:
+            raise
         except saved_model.LoadError as exc:
             code, error = exc.code, str(exc)
         except Exception as exc:  # TF raises many types; none may escape the manager
             code, error = StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
         else:
             model.failed.pop(version, None)
-            model.loaded[version] = ServableVersion(name, version, loaded)
+            model.loaded[version] = ServableVersion(name, version, loaded, model.on_demand)
             self._publish(model)
             metrics.model_runtime(name, version, loaded.runtime, loaded=True)
             self._monitor.set(name, version, AVAILABLE)
             return
         interval = max(0.0, cfg.load_retry_interval_seconds)
         model.failed[version] = _Failure(contents, attempt, time.monotonic() + interval)
-        if attempt >= attempts_allowed:
+        if model.on_demand:  # nothing retries until a request asks again, after the retry interval
+            self._monitor.set(name, version, END, code, f"{error} (a request after {interval:g}s loads it again)")
+        elif attempt >= attempts_allowed:
             self._monitor.set(name, version, END, code, error)
         else:
             self._monitor.set(
@@ -283,7 +394,8 @@ class ModelManager:
                 f"{error} (attempt {attempt} of {attempts_allowed} failed; retrying in {interval:g}s)",
             )
 
-    def _unload(self, model: _Model, version: int, drain_timeout: float | None = None) -> None:
+    def _unload(self, model: _Model, version: int, drain_timeout: float | None = None, evicted: bool = False) -> int:
+        """Unload a version (after its requests); returns the host bytes its load took."""
         name = model.config.name
         servable = model.loaded.pop(version)
         self._publish(model)  # gone from new lookups before we wait
@@ -295,8 +407,11 @@ class ModelManager:
             listener(servable)
         metrics.model_runtime(name, version, servable.model.runtime, loaded=False)
         servable.model.close()
+        del servable
         model.scanner.release(version)
-        self._monitor.set(name, version, END)
+        freed = self.budget.unloaded(name, version)
+        self._monitor.set(name, version, END, message=EVICTED if evicted else "")
+        return freed
 
     def _publish(self, model: _Model) -> None:
         allow_unloaded = self._config.allow_version_labels_for_unavailable_models
@@ -306,6 +421,18 @@ class ModelManager:
             if allow_unloaded or version in model.loaded
         }
         self._registry.update(model.config.name, model.loaded, labels)
+
+
+NOT_LOADED = "not loaded: it loads on its first request (load: on_demand)"
+EVICTED = "unloaded to make room within the memory budget: it loads again on its next request"
+
+
+class _NoRoom(Exception):
+    """An on-demand load that the memory budget has no room for."""
+
+    def __init__(self, error: ServingError):
+        super().__init__(error.message)
+        self.error = error
 
 
 def _loaded_as(config: ModelConfig) -> tuple:

@@ -7,6 +7,7 @@ counts the request in flight on its version, so an unloading version is freed on
 after its last request has finished.
 """
 import threading
+import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from collections.abc import Mapping
@@ -18,10 +19,12 @@ from fastserve.servables.saved_model import LoadedModel
 class ServableVersion:
     """One AVAILABLE version of a model, with a count of the requests using it."""
 
-    def __init__(self, name: str, version: int, model: LoadedModel):
+    def __init__(self, name: str, version: int, model: LoadedModel, on_demand: bool = False):
         self.name = name
         self.version = version
         self.model = model
+        self.on_demand = on_demand  # loaded on a request; may be unloaded to make room
+        self.last_used = time.monotonic()  # the last lookup: the least recently used make room first
         self._lock = threading.Lock()
         self._in_flight = 0
         self._retired = False
@@ -33,7 +36,8 @@ class ServableVersion:
             if self._retired:
                 return False
             self._in_flight += 1
-            return True
+        self.last_used = time.monotonic()
+        return True
 
     def hold(self) -> None:
         """One more reference for work started by a request that already holds a handle."""
