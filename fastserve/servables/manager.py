@@ -32,7 +32,7 @@ from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig, is_url, outside_root
 from fastserve.errors import ServingError, not_found
 from fastserve.servables import saved_model
-from fastserve.servables.memory import MemoryBudget, give_back
+from fastserve.servables.memory import Footprint, MemoryBudget, give_back
 from fastserve.servables.registry import Registry, ServableVersion
 from fastserve.servables.object_store import ObjectStoreScanner
 from fastserve.servables.source import VersionScanner
@@ -258,10 +258,10 @@ class ModelManager:
                 raise ServingError(failed[-1].code, failed[-1].message)
             raise not_found(f"model {name} has no version to load under {model.config.base_path}")
 
-    def _make_room(self, model: _Model, needed: int, refuse: bool = True) -> None:
-        """Unload least recently used idle on-demand models until `needed` more bytes fit the budget;
-        raises _NoRoom for an on-demand model when they do not (an eager one loads anyway)."""
-        if not self.budget.over(needed):
+    def _make_room(self, model: _Model, needed: Footprint, refuse: bool = True) -> None:
+        """Unload least recently used idle on-demand models until `needed` fits the budgets;
+        raises _NoRoom for an on-demand model when it does not (an eager one loads anyway)."""
+        if self.budget.fits(needed):
             return
         others = [m for m in self._current() if m is not model and m.on_demand and m.loaded]
         for victim in sorted(others, key=lambda m: max((s.last_used for s in m.loaded.values()), default=0)):
@@ -280,13 +280,19 @@ class ModelManager:
             log.info("evicted model %s (idle %.1fs, %.1f MB freed) to make room for %s", victim.config.name, idle, freed / 2**20,
                      model.config.name, extra={"fields": {"model": victim.config.name, "idle_seconds": round(idle, 3),
                                                           "bytes_freed": freed, "for_model": model.config.name}})
-            if not self.budget.over(needed):
+            if self.budget.fits(needed):
                 return
         if not refuse:
             return  # (after a load: nothing more to unload)
-        message = (f"model {model.config.name} needs about {needed / 2**20:.0f} MB, and the memory budget of "
-                   f"{self.budget.budget / 2**20:.0f} MB (server.model_memory_budget_mb) is held by "
-                   f"{self.budget.in_use / 2**20:.0f} MB of versions in use or loaded eagerly; retry later")
+        if self.budget.fits(Footprint(needed.host, {})):  # the host has room: a GPU has not
+            gpu, used = max(needed.gpus.items(), key=lambda item: item[1])
+            message = (f"model {model.config.name} needs about {used / 2**20:.0f} MB on GPU {gpu}, and the GPU memory budget "
+                       f"of {self.budget.gpu_budget / 2**20:.0f} MB (server.gpu_memory_budget_mb) is held by versions in use "
+                       "or loaded eagerly; retry later")
+        else:
+            message = (f"model {model.config.name} needs about {needed.host / 2**20:.0f} MB, and the memory budget of "
+                       f"{self.budget.budget / 2**20:.0f} MB (server.model_memory_budget_mb) is held by "
+                       f"{self.budget.in_use / 2**20:.0f} MB of versions in use or loaded eagerly; retry later")
         if not model.on_demand:
             log.warning("%s: loading it anyway (it loads eagerly)", message)
         elif self.budget.in_use:
@@ -368,7 +374,7 @@ class ModelManager:
                 with self.budget.measuring(path) as footprint:
                     loaded = load_version(path, model.config, cfg, self._session_config, version)
                 self.budget.loaded(name, version, footprint())
-                self._make_room(model, 0, refuse=False)  # it may have taken more than expected
+                self._make_room(model, Footprint(0, {}), refuse=False)  # it may have taken more than expected
         except _NoRoom:
             raise
         except saved_model.LoadError as exc:

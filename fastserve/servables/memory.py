@@ -71,14 +71,17 @@ class MemoryBudget:
         with self._lock:
             return sum(f.gpus.get(gpu, 0) for f in self._loaded.values())
 
-    def expected(self, name: str, version: int, path: str) -> int:
-        """Host bytes a version is expected to need: its last footprint, else its size on disk."""
+    def expected(self, name: str, version: int, path: str) -> Footprint:
+        """What a version is expected to need: its last footprint, else its size on disk (on the host;
+        what it puts on GPUs is known once it has loaded)."""
         last = self._last.get((name, version))
-        return last.host if last is not None else disk_bytes(path)
+        return last if last is not None else Footprint(disk_bytes(path), {})
 
-    def over(self, needed: int) -> int:
-        """By how many bytes loading `needed` more would pass the budget (0: it fits, or no budget)."""
-        return max(0, self.in_use + needed - self.budget) if self.budget else 0
+    def fits(self, needed: Footprint) -> bool:
+        """Whether `needed` more fits the host budget and each GPU's."""
+        if self.budget and self.in_use + needed.host > self.budget:
+            return False
+        return not self.gpu_budget or all(self.gpu_in_use(gpu) + used <= self.gpu_budget for gpu, used in needed.gpus.items())
 
     def one_at_a_time(self):
         """Around making room and loading: with a budget, one load at a time (each measured alone,
