@@ -66,10 +66,11 @@ def model_tree(root: Path, staged: dict[int, Path], count: int) -> list[str]:
 
 
 class Server:
-    def __init__(self, workdir: Path, names: list[str], budget_mb: int):
+    def __init__(self, workdir: Path, names: list[str], budget_mb: int, eager: bool = True):
         config = workdir / "models.yaml"
-        lines = [f"server: {{load: on_demand, model_memory_budget_mb: {budget_mb}}}", "models:",
-                 f"  - {{name: eager, base_path: {workdir / 'models' / 'eager'}, load: eager}}"]
+        lines = [f"server: {{load: on_demand, model_memory_budget_mb: {budget_mb}}}", "models:"]
+        if eager:
+            lines.append(f"  - {{name: eager, base_path: {workdir / 'models' / 'eager'}, load: eager}}")
         lines += [f"  - {{name: {n}, base_path: {workdir / 'models' / n}}}" for n in names]
         config.write_text("\n".join(lines) + "\n")
         self.port, self.log_path = free_port(), workdir / f"fastserve-{budget_mb}.log"
@@ -213,8 +214,9 @@ def main(argv=None) -> int:
         result["eager_p99_ms"] = {"with_churn": p99_ms(eager_churn), "quiet": p99_ms(quiet)}
         # 4. cycles
         if args.cycles:
-            pair = [names[0], names[len(SIZES_MB)]]  # the same size: a budget of 1.5 holds one
-            server = Server(work, pair, max(1, round(1.5 * footprints[0] / 2**20)))
+            largest = len(SIZES_MB) - 1
+            pair = [names[largest], names[largest + len(SIZES_MB)]]  # two of the largest: a budget of 1.5 holds one
+            server = Server(work, pair, max(1, round(1.5 * footprints[largest] / 2**20)), eager=False)
             try:
                 session, rss = requests.Session(), []
                 for cycle in range(args.cycles):

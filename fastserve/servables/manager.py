@@ -74,7 +74,8 @@ class ModelManager:
         self._monitor = monitor
         self._models = {m.name: self._new_model(m) for m in config.models}
         self._models_lock = threading.Lock()  # guards the dict itself (reload adds/removes)
-        self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load")
+        # Loads run at a lower CPU priority: on a busy machine, requests of the loaded models come first.
+        self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load", initializer=_lower_priority)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._session_config = session_config(config)
@@ -429,6 +430,11 @@ class ModelManager:
         self._registry.update(model.config.name, model.loaded, labels)
 
 
+def _lower_priority() -> None:
+    os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICENESS)
+
+
+LOAD_NICENESS = 10  # of the load threads (Linux schedules threads by their own nice value)
 NOT_LOADED = "not loaded: it loads on its first request (load: on_demand)"
 EVICTED = "unloaded to make room within the memory budget: it loads again on its next request"
 
