@@ -11,11 +11,8 @@ import os
 import ssl
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from google.protobuf import text_format
-
-from fastserve.text_proto import message_classes
+from fastserve import text_proto
 
 
 class SSLConfigError(ValueError):
@@ -36,19 +33,11 @@ class SSLConfig:
 
 
 def load_ssl_config_file(path: str) -> SSLConfig:
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise SSLConfigError(f"cannot read SSL config file {path}: {exc.strerror}") from None
-    return parse_ssl_config(text, path)
+    return parse_ssl_config(text_proto.read(path, "SSL config file", SSLConfigError), path)
 
 
 def parse_ssl_config(text: str, where: str = "SSL config") -> SSLConfig:
-    proto = _ssl_config_class()()
-    try:
-        text_format.Parse(text, proto)
-    except text_format.ParseError as exc:
-        raise SSLConfigError(f"{where}: invalid SSLConfig text proto: {exc}") from None
+    proto = text_proto.parse(text, _ssl_config_class()(), where, SSLConfigError)
     if not proto.server_key or not proto.server_cert:
         raise SSLConfigError(f"{where}: server_key and server_cert are required")
     if proto.client_verify and not proto.custom_ca:
@@ -94,6 +83,6 @@ def grpc_credentials(config: SSLConfig):
 
 def _ssl_config_class():
     """tensorflow.serving.SSLConfig (ssl_config.proto)."""
-    return message_classes("fastserve/ssl_config.proto", "tensorflow.serving", {"SSLConfig": [
+    return text_proto.message_classes("fastserve/ssl_config.proto", "tensorflow.serving", {"SSLConfig": [
         (1, "server_key", "string"), (2, "server_cert", "string"), (3, "custom_ca", "string"), (4, "client_verify", "bool"),
     ]})["SSLConfig"]

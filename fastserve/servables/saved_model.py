@@ -27,14 +27,12 @@ from grpc import StatusCode
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
+from fastserve.config.models import FUNCTION, SESSION
 from fastserve.errors import from_tensorflow, invalid_argument
 from fastserve.servables import captured_variables
 from fastserve.servables.signature import Signature
 
 log = logging.getLogger(__name__)
-
-AUTO, SESSION, FUNCTION = "auto", "session", "function"
-RUNTIMES = (AUTO, SESSION, FUNCTION)
 
 
 class LoadError(Exception):

@@ -15,8 +15,9 @@ from tensorflow.core.protobuf import config_pb2
 
 from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig
+from fastserve.config.models import AUTO, FUNCTION, SESSION
 from fastserve.servables import saved_model, warmup
-from fastserve.servables.saved_model import AUTO, FUNCTION, SESSION, LoadedModel, LoadError
+from fastserve.servables.saved_model import LoadedModel, LoadError
 
 log = logging.getLogger(__name__)
 
