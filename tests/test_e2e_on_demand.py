@@ -83,7 +83,7 @@ def test_concurrent_first_requests_share_one_load(env):
 
 def test_the_budget_unloads_the_least_recently_used_idle_models_and_never_an_eager_one(env):
     server = env
-    for rounds in range(2):
+    for _ in range(2):  # twice round: the second round evicts too
         for i in range(COUNT):
             assert predict(server, f"m{i}", 1.0).json() == {"predictions": [[2.0]]}
             assert predict(server, "eager", 1.0).json() == {"predictions": [[2.0]]}

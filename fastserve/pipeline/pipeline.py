@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from concurrent.futures import Future
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from grpc import StatusCode
