@@ -1,0 +1,159 @@
+"""A latency target against hand-tuned batch timeouts, in one run per model.
+
+    .venv/bin/python bench/latency_target.py [--models half_plus_two,mlp] [--seconds 5] [--out bench/results/latency_target]
+
+One server serves each model eight times: without batching, with batch_timeout_micros of
+0, 0.5, 1, 2, 5 and 10 ms, and with `target_latency_ms: 10` (its batching otherwise as in
+bench/run.py). For REST and gRPC:
+
+1. one client, closed loop: the target's latency against no batching (the claim: within 1.2x);
+2. capacity: the most requests/s any configuration reaches closed loop (gRPC 64 connections
+   x 8 calls, REST 256 connections);
+3. open loop at 25, 50, 75 and 90% of that capacity (h2load --rps over 8 connections): p99 and achieved
+   requests/s of every configuration (the claim: with the target, p99 <= 10 ms wherever a
+   fixed timeout meets it, and throughput at least the best fixed timeout's).
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.loadgen import free_port, run_h2load  # noqa: E402
+from bench.run import MODELS, OPEN_LOOP, PREDICT, REPO, ensure_exported, grpc_body, machine, rest_bodies  # noqa: E402
+
+TARGET_MS = 10
+# Open loop over few connections, many requests in flight on each (HTTP/1.1 pipelined): h2load
+# sends each connection's requests on one timer, so arrivals come in bursts of one per connection.
+OPEN = (8, 64)
+TIMEOUTS_US = (0, 500, 1000, 2000, 5000, 10000)
+FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+
+
+def configurations(model: str) -> dict[str, dict | None]:
+    """Served name -> its batching section (None: no batching)."""
+    base = {k: v for k, v in MODELS[model].batching.items() if k != "batch_timeout_micros"}
+    configs: dict[str, dict | None] = {f"{model}_nobatch": None}
+    configs.update({f"{model}_t{t}": {**base, "batch_timeout_micros": t} for t in TIMEOUTS_US})
+    configs[f"{model}_target"] = {**base, "target_latency_ms": TARGET_MS}
+    return configs
+
+
+def serve(cache: Path, model: str, workdir: Path) -> tuple[subprocess.Popen, int, int]:
+    lines = ["models:"]
+    for name, batching in configurations(model).items():
+        lines += [f"  - name: {name}", f"    base_path: {cache / model}"]
+        if batching is not None:
+            lines.append(f"    batching: {json.dumps(batching)}")
+    config = workdir / "models.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    grpc_port, rest_port, log = free_port(), free_port(), workdir / "fastserve.log"
+    proc = subprocess.Popen([sys.executable, "-m", "fastserve", f"--config={config}", "--host=127.0.0.1", f"--port={grpc_port}",
+                             f"--rest_api_port={rest_port}"], stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 300
+    while "fastserve ready" not in log.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"fastserve did not start:\n{log.read_text(errors='replace')}")
+        time.sleep(0.2)
+    return proc, grpc_port, rest_port
+
+
+def point(ports: tuple[int, int], model: str, served: str, protocol: str, seconds: float, workdir: Path,
+          connections: int, streams: int, rate: float | None = None) -> dict:
+    grpc_port, rest_port = ports
+    if protocol == "grpc":
+        url, body, headers = f"http://127.0.0.1:{grpc_port}{PREDICT}", grpc_body(served, MODELS[model], 1), \
+            ("content-type: application/grpc", "te: trailers")
+    else:
+        url, body, headers = f"http://127.0.0.1:{rest_port}/v1/models/{served}:predict", rest_bodies(MODELS[model], 1)[0], \
+            ("content-type: application/json",)
+    return run_h2load(url, body, headers, connections, seconds, workdir, streams, rate=rate, h1=protocol == "rest")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default="half_plus_two,mlp")
+    p.add_argument("--protocols", default="rest,grpc")
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--out", default=str(REPO / "bench" / "results" / "latency_target"))
+    p.add_argument("--cache", help="where exported models are kept (default bench/results/models)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(args.cache or REPO / "bench" / "results" / "models").resolve()
+    names, protocols = args.models.split(","), args.protocols.split(",")
+    ensure_exported(cache, names)
+    results = []
+    for model in names:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            proc, *ports = serve(cache, model, work)
+            try:
+                for protocol in protocols:
+                    configs = configurations(model)
+                    single = {served: point(ports, model, served, protocol, args.seconds, work, 1, 1)
+                              for served in (f"{model}_nobatch", f"{model}_target")}
+                    connections, streams = OPEN_LOOP[protocol]
+                    closed = {served: point(ports, model, served, protocol, args.seconds, work, connections, streams)
+                              for served in configs}
+                    capacity = max(r["requests_per_s"] for r in closed.values())
+                    row = {"model": model, "protocol": protocol, "one_client": single, "closed": closed, "capacity": capacity,
+                           "open": {}}
+                    print(f"{model} {protocol}: one client p50 {single[f'{model}_target']['p50_ms']:.2f} ms with the target, "
+                          f"{single[f'{model}_nobatch']['p50_ms']:.2f} ms unbatched; capacity {capacity:,.0f}/s", flush=True)
+                    for fraction in FRACTIONS:
+                        row["open"][fraction] = {
+                            served: point(ports, model, served, protocol, args.seconds, work, *OPEN, fraction * capacity)
+                            for served in configs if not served.endswith("_nobatch")
+                        }
+                        print(f"  {fraction:.0%}: " + ", ".join(f"{s.split('_')[-1]} p99 {r['p99_ms']:.1f}"
+                                                               for s, r in row["open"][fraction].items()), flush=True)
+                    results.append(row)
+            finally:
+                proc.terminate()
+                proc.wait(60)
+    (out / "latency_target.json").write_text(json.dumps({"machine": machine(), "rows": results}, indent=1, default=str))
+    table = markdown(results)
+    (out / "latency_target.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def markdown(results: list[dict]) -> str:
+    lines = [f"Latency target {TARGET_MS} ms against fixed batch timeouts ({machine()}); open loop, p99 ms (requests/s "
+             "achieved where below the offered rate by more than 2%); **bold**: meets 10 ms", ""]
+    header = ["model", "protocol", "load"] + [f"{t / 1000:g} ms" for t in TIMEOUTS_US] + [f"target {TARGET_MS} ms", "claim holds"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results:
+        model = row["model"]
+        for fraction, points in row["open"].items():
+            offered = fraction * row["capacity"]
+            fixed = [points[f"{model}_t{t}"] for t in TIMEOUTS_US]
+            target = points[f"{model}_target"]
+            best = max(r["requests_per_s"] for r in fixed)
+            meets = any(r["p99_ms"] <= TARGET_MS for r in fixed)
+            holds = (target["p99_ms"] <= TARGET_MS or not meets) and target["requests_per_s"] >= 0.98 * best
+            cells = [_cell(r, offered) for r in [*fixed, target]]
+            lines.append(f"| {model} | {row['protocol']} | {fraction:.0%} of {row['capacity']:,.0f}/s | " + " | ".join(cells)
+                         + f" | {'yes' if holds else 'no'} |")
+    lines += ["", "One client, closed loop: p50 / p99 ms", "", "| model | protocol | no batching | target | ratio (p50) |",
+              "|---|---|---|---|---|"]
+    for row in results:
+        nobatch, target = row["one_client"][f"{row['model']}_nobatch"], row["one_client"][f"{row['model']}_target"]
+        lines.append(f"| {row['model']} | {row['protocol']} | {nobatch['p50_ms']:.2f} / {nobatch['p99_ms']:.2f} | "
+                     f"{target['p50_ms']:.2f} / {target['p99_ms']:.2f} | {target['p50_ms'] / nobatch['p50_ms']:.2f}x |")
+    return "\n".join(lines)
+
+
+def _cell(result: dict, offered: float) -> str:
+    p99 = f"{result['p99_ms']:.1f}"
+    text = f"**{p99}**" if result["p99_ms"] <= TARGET_MS else p99
+    return text if result["requests_per_s"] >= 0.98 * offered else f"{text} ({result['requests_per_s']:,.0f}/s)"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
