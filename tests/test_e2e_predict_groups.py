@@ -57,7 +57,7 @@ def request(model: str, inputs: dict, *, signature: str = "", version: int | Non
         if typed_values and proto.dtype == tf.float32.as_datatype_enum:  # float_val instead of tensor_content
             proto.ClearField("tensor_content")
             proto.ClearField("float_val")
-            proto.float_val.extend(np.asarray(value, np.float32).reshape(-1).tolist())
+            proto.float_val.extend(np.asarray(array, np.float32).reshape(-1).tolist())
     return r
 
 
