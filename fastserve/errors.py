@@ -63,7 +63,7 @@ def not_found(message: str) -> ServingError:
     return ServingError(StatusCode.NOT_FOUND, message)
 
 
-def internal(exc: Exception) -> ServingError:
+def internal(exc: BaseException) -> ServingError:
     """An unexpected failure (a bug), as the one request it happened to answers it."""
     return ServingError(StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}")
 

@@ -92,7 +92,7 @@ class _RequestSeries:
     def __init__(self, entrypoint: str, api: str, model: str):
         self._model = model
         self._latency = REQUEST_LATENCY.labels(model, api, entrypoint)
-        self._counts: dict[StatusCode, object] = {}
+        self._counts: dict[StatusCode, Counter] = {}
 
     def done(self, code: StatusCode, started: float) -> float:
         """Count one finished request that started at `started`; returns its duration in seconds."""
@@ -124,7 +124,7 @@ def request_series(entrypoint: str, api: str, model: str) -> _RequestSeries:
     return series
 
 
-_in_flight = {}
+_in_flight: dict[str, Gauge] = {}
 
 
 def in_flight(protocol: str):
@@ -147,7 +147,7 @@ class _ModelSeries:
 
     def __init__(self, model: str, version: int, signature: str, api: str):
         self._labels = (model, str(version), signature, api)
-        self._counts: dict[StatusCode, object] = {}
+        self._counts: dict[StatusCode, Counter] = {}
         self._runtime = RUNTIME_LATENCY.labels(model, api, "TF")
 
     def count(self, code: StatusCode, requests: int = 1) -> None:
@@ -221,7 +221,7 @@ def disable_request_metrics() -> None:
     """Stop recording per-request metrics (--enable_metrics=false; bench/ measures their cost)."""
     global request_series, model_series, execution_series
     none = _NoSeries()
-    request_series = model_series = execution_series = lambda *labels: none
+    request_series = model_series = execution_series = lambda *labels: none  # type: ignore[assignment]  # stands in for each
 
 
 # ---------------------------------------------------------------- batching
@@ -253,7 +253,7 @@ class _BatchSeries:
 
     def __init__(self, model: str, version: int, signature: str):
         self.labels = (model, str(version), signature)
-        self.closed: dict[str, object] = {}  # why -> its counter
+        self.closed: dict[str, Counter] = {}  # why -> its counter
         self.input_size = BATCH_INPUT_SIZE.labels(model, signature)
         self.processed_size = BATCH_PROCESSED_SIZE.labels(model, signature)
         self.padding = BATCH_PADDING_SIZE.labels(model, signature)

@@ -61,7 +61,7 @@ class Server:
         self.grpc_services = Services(self.registry, self.pipeline, self.service, self.v2, self.health)
         self._reload_lock = threading.Lock()  # one reload at a time, whoever asks
         self.auth = TokenAuth(config.auth_token, config.admin_token)
-        self._grpc: GrpcServer | None = None
+        self._grpc: GrpcServer | NativeGrpcServer | None = None
         self._stopping_event = threading.Event()
         self._http: HttpServer | None = None
 
@@ -80,13 +80,13 @@ class Server:
         transport = chosen_transport(self.config.grpc_transport)
         log.info("gRPC transport: %s", "native (libgrpc++)" if transport == "native" else "grpc.aio")
         server_class = NativeGrpcServer if transport == "native" else GrpcServer
-        self._grpc = server_class(
+        self._grpc = grpc_server = server_class(
             self.grpc_services, addresses, max_receive_bytes=self.config.grpc_max_receive_bytes,
             ssl=self.config.ssl_config, auth=self.auth, max_connections=grpc_connections,
             max_concurrent_streams=self.config.grpc_max_concurrent_streams,
         )
-        self._grpc.start()
-        for address in self._grpc.bound:
+        grpc_server.start()
+        for address in grpc_server.bound:
             log.info("Running gRPC ModelServer at %s", address)
         return uvloop.run(self._serve(rest_connections))
 
@@ -173,6 +173,7 @@ class Server:
         loop = asyncio.get_running_loop()
         if self._http:
             self._http.stop_accepting()
+        assert self._grpc is not None  # started before anything is served
         grpc_stopped = loop.run_in_executor(None, self._grpc.stop, grace)
         if self._http and not await self._http.drain(grace):
             log.warning("REST requests still in flight after %gs", grace)

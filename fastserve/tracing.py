@@ -11,14 +11,16 @@ arrivals, monotonic for the queue), shifted to the wall clock once at setup.
 """
 import logging
 import time
+from typing import Any
 
 from fastserve.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-_tracer = None
-_propagator = None
-_provider = None
+# OpenTelemetry's objects once set up (the package is optional: fastserve[tracing])
+_tracer: Any = None
+_propagator: Any = None
+_provider: Any = None
 _PERF_TO_EPOCH_NS = 0
 _MONOTONIC_TO_EPOCH_NS = 0
 
@@ -86,7 +88,7 @@ def end_request(call, code_name: str, version: int | None) -> None:
     span.end()
 
 
-def batch_ran(model: str, version: int, rows: int, padded: int, waits: list[tuple[object, int]], started: int, finished: int,
+def batch_ran(model: str, version: int, rows: int, padded: int, waits: list[tuple[Any, int]], started: int, finished: int,
               closed: str = "") -> None:
     """One batch that ran traced requests, `waits`: [(request span, when it was queued)]: a
     queue span for each (queued..started) and the batch's span (started..finished), a child of
@@ -95,7 +97,7 @@ def batch_ran(model: str, version: int, rows: int, padded: int, waits: list[tupl
 
     for span, queued in waits:
         _tracer.start_span("queue", context=set_span_in_context(span), start_time=queued).end(end_time=started)
-    attributes = {"fastserve.model": model, "fastserve.version": version, "fastserve.batch_size": rows,
+    attributes: dict[str, str | int] = {"fastserve.model": model, "fastserve.version": version, "fastserve.batch_size": rows,
                   "fastserve.padded_batch_size": padded}
     if closed:
         attributes["fastserve.batch_closed"] = closed

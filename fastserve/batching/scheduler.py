@@ -35,6 +35,7 @@ import logging
 import math
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from grpc import StatusCode
@@ -98,7 +99,9 @@ class _Task:
                 break
         else:
             return []
-        kept, expired_, cancelled_ = [], [], []
+        kept: list[Member] = []
+        expired_: list[Member] = []
+        cancelled_: list[Member] = []
         for member in self.members:
             why = member.gone(now)
             (kept if why is None else expired_ if why == StatusCode.DEADLINE_EXCEEDED else cancelled_).append(member)
@@ -151,7 +154,7 @@ class BatchQueue:
         stats.watch_queue(self.key, self._waiting)
         # instances_per_device batch threads per device, each running the version's instance
         # on its device; else num_batch_threads threads running the one instance.
-        placement = [d for d in devices for _ in range(instances_per_device)] or [None] * config.num_batch_threads
+        placement: list[str | None] = [d for d in devices for _ in range(instances_per_device)] or [None] * config.num_batch_threads
         concurrent = min(len(placement), config.max_concurrent_batches or len(placement))
         # measured always (a refusal says when to retry), deciding only with a target
         self._latency = LatencyModel(config.target_latency_ms / 1e3, concurrent)
@@ -396,7 +399,8 @@ class BatchQueue:
                         f"{array.shape[0] if array.ndim else 'none (a scalar)'} which does not match the batch size {padded}; "
                         "this model cannot be batched",
                     )
-            results, row = [], 0
+            results: list[tuple[Any, int, int, dict[str, np.ndarray] | None, ServingError | None]] = []
+            row = 0
             for task, a, b in pieces:
                 results.append((task, a, b, {k: v[row : row + b - a] for k, v in outputs.items()}, None))
                 row += b - a
@@ -542,7 +546,7 @@ class Scheduler:
         except ServingError as exc:
             answer(members, None, exc)
             return
-        if not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
+        if queue is None or not rows:  # not batched, or nothing to batch (no inputs, or 0 rows)
             self._plain.submit(handle, signature, members, output_keys, answer)
             return
         for member in members:

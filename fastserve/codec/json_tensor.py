@@ -268,7 +268,7 @@ def encode_response(outputs: dict[str, np.ndarray], row_format: bool) -> bytes:
 
 def _common_batch_size(outputs: dict[str, np.ndarray]) -> int:
     """Row format needs every output to share dim 0, as TF Serving checks."""
-    batch = None
+    batch: int | None = None
     for name, array in outputs.items():
         if array.ndim == 0:
             raise invalid_argument(
@@ -277,7 +277,7 @@ def _common_batch_size(outputs: dict[str, np.ndarray]) -> int:
         if batch is not None and array.shape[0] != batch:
             raise invalid_argument(f"Tensor name: {name} has inconsistent batch size: {array.shape[0]} expecting: {batch}")
         batch = array.shape[0]
-    return batch
+    return batch or 0  # no outputs: no rows
 
 
 def _json_ready(name: str, array: np.ndarray):

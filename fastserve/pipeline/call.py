@@ -7,7 +7,7 @@ inputs are, which outputs it wants and how its answer is written. The transport 
 brought it gives it `reply`, the one way its answer goes back. The call is itself the
 Member the batch queue holds: its deadline and cancellation travel with it.
 """
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from collections.abc import Callable
 
 import numpy as np
@@ -20,7 +20,7 @@ from fastserve.servables.signature import Signature
 
 # reply(call, error, payload): the call's answer, an error or its encoded response (bytes for
 # gRPC, an http Response for REST), back to its transport; called once, on the call's event loop.
-Reply = Callable[["InferenceCall", ServingError | None, object], None]
+Reply = Callable[["InferenceCall", ServingError | None, Any], None]
 
 PREDICT = "Predict"  # TF Serving's method name: the metrics' API label of a Predict call, over REST too
 
@@ -32,10 +32,11 @@ class InferenceCall(Member):
     __slots__ = ("entrypoint", "model", "version", "label", "signature_key", "output_filter", "started", "reply", "reply_to",
                  "answered", "cache_key")
     api = PREDICT
+    reply: Reply  # its one way back, set by the transport that brought it before it is submitted
 
     def __init__(self, model: str, version: int | None, label: str | None, signature_key: str, output_filter=()):
         # The Member's fields, set here directly: one call less on every request.
-        self.inputs = None  # once resolved: {name: array} for the signature
+        self.inputs = {}  # once resolved: {name: array} for the signature
         self.rows = 0
         self.deadline = None
         self.cancelled = False
@@ -47,13 +48,12 @@ class InferenceCall(Member):
         self.signature_key = signature_key
         self.output_filter = tuple(output_filter) if output_filter else ()
         self.answered = False
-        self.cache_key = None  # with a response cache: where its outputs go
+        self.cache_key: tuple | None = None  # with a response cache: where its outputs go
         # Set by the transport that brought it (entrypoint "": a part of a request, as
         # MultiInference's tasks are: counted by that request):
         self.entrypoint = ""  # "GRPC" or "REST", for metrics
         self.started = 0.0  # time.perf_counter() on arrival
-        self.reply: Reply | None = None
-        self.reply_to = None  # what the transport answers it by: a call id, a future
+        self.reply_to: Any = None  # what the transport answers it by: a call id, a future
 
     # ------------------------------------------------------------ what the API means
 
@@ -102,7 +102,7 @@ class Inference(NamedTuple):
     """A method-table entry for an inference method: the transport parses the request message
     and `make_call(request)` turns it into the call the pipeline serves."""
     request_class: type
-    make_call: Callable[[object], InferenceCall]
+    make_call: Callable[[Any], InferenceCall]  # given the parsed request_class message
 
 
 class StreamedInference(NamedTuple):
@@ -110,5 +110,5 @@ class StreamedInference(NamedTuple):
     served as Inference's are, and `frame(payload, error)` makes its answer a stream message
     (an error does not end the stream)."""
     request_class: type
-    make_call: Callable[[object], InferenceCall]
+    make_call: Callable[[Any], InferenceCall]
     frame: Callable[[bytes | None, ServingError | None], bytes]

@@ -7,6 +7,7 @@ batch nor computed, while the rest of its group goes on.
 """
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from grpc import StatusCode
@@ -20,13 +21,13 @@ CANCELLED_MESSAGE = "Cancelled"
 class Member:
     __slots__ = ("inputs", "rows", "deadline", "cancelled", "priority", "trace")
 
-    def __init__(self, inputs: dict[str, np.ndarray] | None, rows: int, deadline: float | None = None, priority: int = 0):
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, deadline: float | None = None, priority: int = 0):
         self.inputs = inputs
         self.rows = rows
         self.deadline = deadline  # on the time.monotonic() clock; None: none
         self.cancelled = False  # set on its event loop when the client has gone (it has been answered)
         self.priority = priority  # 1 = highest; 0 = the model's default level
-        self.trace = None  # its request's span, when traced (fastserve/tracing.py)
+        self.trace: Any = None  # its request's span, when traced (fastserve/tracing.py)
 
     def gone(self, now: float) -> StatusCode | None:
         """Why no one waits for this member's answer any more (None: someone does)."""

@@ -85,8 +85,8 @@ class Pipeline:
             for handle in handles.values():
                 if isinstance(handle, ServableHandle):
                     handle.servable.release()  # each queued task holds the version itself
-        for load, waiters in waiting.items():
-            self._wait_for_load(load, waiters)
+        for loading, waiters in waiting.items():
+            self._wait_for_load(loading, waiters)
 
     def _resolve(self, spec: tuple, load: bool) -> ServableHandle | ServingError | Future:
         """The version a spec names, the error that answers it, or the load of its on-demand model."""
@@ -198,9 +198,11 @@ class Pipeline:
         if error is not None:
             self._finish(calls, error, handle, signature)
             return
+        assert outputs is not None  # no error: the outputs
         cache = self._caches.get(handle.name) if calls[0].cache_key is not None else None
         if cache is not None:  # (unless a reload removed it meanwhile)
             for i, call in enumerate(calls):
+                assert call.cache_key is not None  # the group's calls agree on caching
                 cache.put(call.cache_key, _rows(outputs, calls, i))
         encoding = time.perf_counter()
         try:
@@ -216,7 +218,8 @@ class Pipeline:
         """Send the answers of calls of one group (the error, or each one's response: a
         ServingError where its encoding failed), each once, and count them."""
         first = calls[0]
-        model_series = metrics.model_series(handle.name, handle.version, signature.key, first.api) if signature else None
+        model_series = (metrics.model_series(handle.name, handle.version, signature.key, first.api)
+                        if handle is not None and signature is not None else None)
         if first.entrypoint:  # a request of its own (not a part of one)
             model = first.model if self._registry.entry(first.model) is not None else metrics.UNKNOWN_MODEL
             request_series = metrics.request_series(first.entrypoint, first.api, model)
@@ -274,7 +277,7 @@ def _encoded(call: InferenceCall, handle, signature, outputs):
         return _as_serving_error(exc)
 
 
-def _as_serving_error(exc: Exception) -> ServingError:
+def _as_serving_error(exc: BaseException) -> ServingError:
     """A request's own error as it is, anything unexpected as INTERNAL (and logged): either way
     it answers that request alone."""
     if isinstance(exc, ServingError):

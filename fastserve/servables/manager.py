@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
@@ -56,7 +57,7 @@ class _Model:
         self.config = config
         self.on_demand = on_demand
         if is_url(config.base_path):
-            self.scanner = ObjectStoreScanner(config.name, config.base_path, cache_dir)
+            self.scanner: VersionScanner | ObjectStoreScanner = ObjectStoreScanner(config.name, config.base_path, cache_dir)
         else:
             self.scanner = VersionScanner(config.name, config.base_path)
         self.ready: set[int] | None = None  # last scan
@@ -79,7 +80,7 @@ class ModelManager:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._session_config = session_config(config)
-        self.unload_listeners = []  # called with each drained ServableVersion before it is freed
+        self.unload_listeners: list[Callable[[ServableVersion], None]] = []  # called with each drained version before it is freed
         self.budget = MemoryBudget(config.model_memory_budget_mb, config.gpu_memory_budget_mb)
         self._demands: dict[str, Future] = {}  # model name -> the load its requests wait for
         self._demands_lock = threading.Lock()
@@ -110,7 +111,7 @@ class ModelManager:
         """Rescan every poll period (if polling); otherwise just retry failed loads when due."""
         poll = self._config.file_system_poll_wait_seconds
         interval = poll if poll > 0 else 1.0
-        pending = {}
+        pending: dict[_Model, Future] = {}
         while not self._stop.wait(interval):
             for model in self._current():
                 if poll <= 0 and not model.failed:

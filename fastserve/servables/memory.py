@@ -12,11 +12,13 @@ import ctypes
 import gc
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastserve import metrics
 
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_malloc_trim: Callable[[int], int] | None
 try:
     _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
 except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way

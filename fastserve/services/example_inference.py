@@ -54,7 +54,9 @@ def classification_result(outputs: dict[str, np.ndarray], num_examples: int, res
         raise invalid_argument(
             f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
         )
-    num_classes = (classes if classes is not None else scores).shape[1]
+    either = classes if classes is not None else scores
+    assert either is not None  # classification_outputs found one of them
+    num_classes = either.shape[1]
     for i in range(num_examples):
         entry = result.classifications.add()
         for c in range(num_classes):
@@ -117,7 +119,7 @@ class ExampleCall(InferenceCall):
         self._input = request_input
         self._count = 0  # examples
     @property
-    def api(self) -> str:
+    def api(self) -> str:  # type: ignore[override]  # read-only where the base's is a class attribute: the wire says
         return "MultiInference" if self.wire == "result" else self.kind.api
 
     def missing_signature(self, handle: ServableHandle) -> ServingError:

@@ -53,7 +53,7 @@ class PredictCall(InferenceCall):
         return response.SerializeToString()
 
     @classmethod
-    def encode_group(cls, calls: list["PredictCall"], handle: ServableHandle, signature: Signature,
+    def encode_group(cls, calls: list[InferenceCall], handle: ServableHandle, signature: Signature,
                      outputs: dict[str, np.ndarray]) -> list:
         """Responses cut from the stacked outputs: each output's serialized bytes up to its
         tensor content are the same for every call of a group (equal shapes), so a response is
@@ -69,7 +69,7 @@ class PredictCall(InferenceCall):
             serialized, content = entry.SerializeToString(), entry.outputs[key].tensor_content
             if not serialized.endswith(content):  # the content is not last: encode each call whole
                 return super().encode_group(calls, handle, signature, outputs)
-            pieces.append((serialized[: len(serialized) - len(content)], memoryview(array.reshape(-1).view(np.uint8)), len(content)))
+            pieces.append((serialized[: len(serialized) - len(content)], array.reshape(-1).view(np.uint8).data, len(content)))
         spec = predict_pb2.PredictResponse()
         resolved_spec(handle, calls[0].signature_key, spec.model_spec)
         spec = spec.SerializeToString()

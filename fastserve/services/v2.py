@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 from google.protobuf import json_format
+from grpc import StatusCode
 
 import fastserve
 from fastserve import shared_memory, statistics
@@ -156,11 +157,17 @@ class V2Service:
         extensions = ["binary_tensor_data", "model_configuration", "statistics", "system_shared_memory"] + (["model_repository"] if self.repository is not None else [])
         return {"name": "fastserve", "version": fastserve.__version__, "extensions": extensions}
 
+    def model_repository(self) -> ModelRepository:
+        """The repository extension; its methods are served only where the server has one."""
+        if self.repository is None:
+            raise ServingError(StatusCode.UNIMPLEMENTED, "this server has no model repository extension")
+        return self.repository
+
     async def load(self, name: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.load, name)
+        await asyncio.get_running_loop().run_in_executor(None, self.model_repository().load, name)
 
     async def unload(self, name: str) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.repository.unload, name)
+        await asyncio.get_running_loop().run_in_executor(None, self.model_repository().unload, name)
 
     def lookup(self, name: str, version: str) -> ServableHandle:
         return self._registry.lookup(name, _version_number(version))
@@ -186,19 +193,21 @@ class V2Service:
         with self.lookup(name, version) as handle:
             signature = _signature(handle, "")
         model, batching = self._settings(name) or (None, None)
-        batched = batching is not None and signature.batchable
+        if not signature.batchable:
+            batching = None
+        batched = batching is not None
         config = {
             "name": name,
             "platform": PLATFORM,
             "backend": BACKEND,
-            "max_batch_size": batching.max_batch_size if batched else 0,
+            "max_batch_size": batching.max_batch_size if batching is not None else 0,
             "input": [_config_tensor(spec, batched) for _, spec in sorted(signature.inputs.items())],
             "output": [_config_tensor(spec, batched) for _, spec in sorted(signature.outputs.items())],
             "instance_group": _instance_groups(name, model),
         }
         if model is not None:
             config["version_policy"] = _version_policy(model)
-        if batched:
+        if batching is not None:
             config["dynamic_batching"] = {
                 "preferred_batch_size": list(batching.allowed_batch_sizes),
                 "max_queue_delay_microseconds": batching.batch_timeout_micros,
@@ -211,53 +220,56 @@ class V2Service:
         if name:
             with self.lookup(name, version) as handle:  # NOT_FOUND for what is not served
                 pass
-            versions = [handle.version] if version else sorted(self._registry.entry(name).versions)
-            served = [(name, v) for v in versions]
+            served = [(name, handle.version)] if version else [(name, v) for v in self._versions(name)]
         else:
-            served = [(n, v) for n in self._registry.names() for v in sorted(self._registry.entry(n).versions)]
+            served = [(n, v) for n in self._registry.names() for v in self._versions(n)]
         return {"model_stats": [statistics.snapshot(n, v) for n, v in served]}
+
+    def _versions(self, name: str) -> list[int]:
+        entry = self._registry.entry(name)
+        return sorted(entry.versions) if entry is not None else []  # unloaded since it was listed
 
     # ------------------------------------------------------------ gRPC
 
-    def _grpc_model_ready(self, request) -> "pb.ModelReadyResponse":
+    def _grpc_model_ready(self, request):
         return pb.ModelReadyResponse(ready=self.model_ready(request.name, request.version))
 
-    def _grpc_model_metadata(self, request) -> "pb.ModelMetadataResponse":
+    def _grpc_model_metadata(self, request):
         return json_format.ParseDict(self.model_metadata(request.name, request.version), pb.ModelMetadataResponse())
 
-    def _grpc_model_config(self, request) -> "pb.ModelConfigResponse":
+    def _grpc_model_config(self, request):
         return pb.ModelConfigResponse(config=json_format.ParseDict(self.model_config(request.name, request.version), pb.ModelConfig()))
 
-    def _grpc_model_statistics(self, request) -> "pb.ModelStatisticsResponse":
+    def _grpc_model_statistics(self, request):
         return json_format.ParseDict(self.model_statistics(request.name, request.version), pb.ModelStatisticsResponse())
 
-    def _grpc_shm_status(self, request) -> "pb.SystemSharedMemoryStatusResponse":
+    def _grpc_shm_status(self, request):
         regions = shared_memory.regions.status(request.name)
         return json_format.ParseDict({"regions": {r["name"]: r for r in regions}}, pb.SystemSharedMemoryStatusResponse())
 
-    def _grpc_shm_register(self, request) -> "pb.SystemSharedMemoryRegisterResponse":
+    def _grpc_shm_register(self, request):
         shared_memory.regions.register(request.name, request.key, request.offset, request.byte_size)
         return pb.SystemSharedMemoryRegisterResponse()
 
-    def _grpc_shm_unregister(self, request) -> "pb.SystemSharedMemoryUnregisterResponse":
+    def _grpc_shm_unregister(self, request):
         shared_memory.regions.unregister(request.name)
         return pb.SystemSharedMemoryUnregisterResponse()
 
-    def _grpc_cuda_shm_status(self, request) -> "pb.CudaSharedMemoryStatusResponse":
+    def _grpc_cuda_shm_status(self, request):
         shared_memory.no_cuda_regions(request.name)
         return pb.CudaSharedMemoryStatusResponse()
 
-    def _grpc_cuda_shm_register(self, request) -> "pb.CudaSharedMemoryRegisterResponse":
+    def _grpc_cuda_shm_register(self, request):
         shared_memory.refuse_cuda_region()
 
-    def _grpc_repository_index(self, request) -> "pb.RepositoryIndexResponse":
-        return json_format.ParseDict({"models": self.repository.index(request.ready)}, pb.RepositoryIndexResponse())
+    def _grpc_repository_index(self, request):
+        return json_format.ParseDict({"models": self.model_repository().index(request.ready)}, pb.RepositoryIndexResponse())
 
-    async def _grpc_repository_load(self, request) -> "pb.RepositoryModelLoadResponse":
+    async def _grpc_repository_load(self, request):
         await self.load(request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    async def _grpc_repository_unload(self, request) -> "pb.RepositoryModelUnloadResponse":
+    async def _grpc_repository_unload(self, request):
         await self.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
@@ -267,6 +279,7 @@ def _stream_message(payload: bytes | None, error: ServingError | None) -> bytes:
     field 2's bytes) or the error's message, as Triton sends errors on a stream."""
     if error is not None:
         return pb.ModelStreamInferResponse(error_message=error.message).SerializeToString()
+    assert payload is not None  # an answer is an error or a payload
     return b"\x12" + _varint(len(payload)) + payload
 
 
@@ -327,7 +340,7 @@ def _instance_groups(name: str, model: ModelConfig | None) -> list[dict]:
     groups = []
     for device in model.devices:
         kind, _, index = device.rsplit("/", 1)[-1].upper().removeprefix("DEVICE:").partition(":")
-        group = {"name": f"{name}_{kind.lower()}_{index or 0}", "kind": "KIND_GPU" if kind == "GPU" else "KIND_CPU",
+        group: dict[str, object] = {"name": f"{name}_{kind.lower()}_{index or 0}", "kind": "KIND_GPU" if kind == "GPU" else "KIND_CPU",
                  "count": model.instances_per_device}
         if kind == "GPU":
             group["gpus"] = [int(index or 0)]

@@ -21,6 +21,7 @@ from what follows. Outputs asked for with parameters.binary_data (or the request
 parameters.binary_data_output) come back the same way. Not ready is 503.
 """
 import re
+from typing import Literal
 from urllib.parse import unquote
 
 import orjson
@@ -109,7 +110,7 @@ class V2Rest:
         if path == "/v2/repository/index":
             doc = json_tensor.loads(body) if body.strip() else {}
             ready = doc.get("ready", False) if isinstance(doc, dict) else False
-            return _json(self._service.repository.index(ready is True))
+            return _json(self._service.model_repository().index(ready is True))
         match = _REPOSITORY_RE.fullmatch(path)
         if match is None:
             raise not_found(f"Not found: POST {path}")
@@ -138,6 +139,7 @@ def _shared_memory(method: str, path: str, body: bytes) -> Response:
     key, offset, size = doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
     if not isinstance(key, str) or not all(isinstance(v, int) and not isinstance(v, bool) for v in (offset, size)):
         raise invalid_argument("register: 'key' must be a string, 'offset' and 'byte_size' integers")
+    assert isinstance(size, int)  # checked just above
     shared_memory.regions.register(name, key, offset, size)
     return _json({})
 
@@ -160,7 +162,7 @@ def _small_int(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | bool]:
+def _decode_request(doc: dict, binary: bytes) -> tuple[tuple, set[str] | Literal[True]]:
     """((request id, inputs, requested outputs, signature name, shared memory outputs, priority), binary outputs: a
     set, or True for all)."""
     inputs_doc = doc.get("inputs")
@@ -231,7 +233,7 @@ def _parameters(doc: dict, what: str) -> dict:
     return parameters
 
 
-def _encode_response(handle: ServableHandle, request_id: str, arrays: dict, binary_outputs: set[str] | bool,
+def _encode_response(handle: ServableHandle, request_id: str, arrays: dict, binary_outputs: set[str] | Literal[True],
                      shm_outputs: dict[str, shared_memory.Placement]) -> Response:
     outputs, chunks = [], []
     for name, array in arrays.items():

@@ -251,16 +251,16 @@ class GrpcServer:
         self.bound = bound
         return server
 
-    async def _stop(self, grace: float) -> None:
+    async def _stop(self, server: aio.Server, grace: float) -> None:
         self._stopping.set()
         try:
-            await self._server.stop(grace)
+            await server.stop(grace)
         finally:
             self._stopped.set()
 
     def stop(self, grace: float) -> None:
         """Stop accepting calls, let accepted ones finish (up to grace seconds), then stop."""
-        if self._loop is None or self._server is None or not self._thread.is_alive():
+        if self._loop is None or self._server is None or self._thread is None or not self._thread.is_alive():
             return
-        asyncio.run_coroutine_threadsafe(self._stop(grace), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._stop(self._server, grace), self._loop).result()
         self._thread.join()

@@ -203,9 +203,15 @@ def method_table(
 
     is_served(name) tells whether a model is served (its name becomes a metrics label).
     """
-    kinds = {Inference: InferMethod, StreamedInference: StreamMethod}
-    return {
-        path: kinds[type(entry)](path, entry, auth, is_served) if type(entry) in kinds
-        else {Streamed: MessageStream, ServerStream: ResponseStream}.get(type(entry), Method)(path, *entry, auth, is_served)
-        for path, entry in methods.items()
-    }
+    table: dict[str, Method | ResponseStream | InferMethod] = {}
+    for path, entry in methods.items():
+        if isinstance(entry, StreamedInference):
+            table[path] = StreamMethod(path, entry, auth, is_served)
+        elif isinstance(entry, Inference):
+            table[path] = InferMethod(path, entry, auth, is_served)
+        elif isinstance(entry, ServerStream):
+            table[path] = ResponseStream(path, *entry, auth, is_served)
+        else:  # (request class, handler): a unary method, or each message of a Streamed one
+            request_class, handler = entry
+            table[path] = (MessageStream if isinstance(entry, Streamed) else Method)(path, request_class, handler, auth, is_served)
+    return table

@@ -76,7 +76,7 @@ class NativeGrpcServer:
         ssl: SSLConfig | None = None, auth: TokenAuth | None = None, max_connections: int = 0, max_concurrent_streams: int = 0,
     ):
         is_served: Callable[[str], bool] = lambda name: service.registry.entry(name) is not None
-        self._methods: dict[str, Method | InferMethod | StreamMethod] = method_table(service.grpc_methods(), auth, is_served)
+        self._methods = method_table(service.grpc_methods(), auth, is_served)
         self._pipeline = service.pipeline
         tls = (ssl.server_key, ssl.server_cert, ssl.custom_ca, ssl.client_verify) if ssl else None
         self._addresses = addresses
@@ -160,13 +160,13 @@ class NativeGrpcServer:
             metrics.in_flight("GRPC").inc(len(inference))
             self._pipeline.submit(inference)
         for call_id in cancelled:
-            inference_call = self._calls.get(call_id)
-            if inference_call is not None:
-                self._pipeline.cancel(inference_call)
+            gone = self._calls.get(call_id)
+            if gone is not None:
+                self._pipeline.cancel(gone)
                 continue
-            task = self._tasks.get(call_id)
-            if task is not None:
-                task.cancel()
+            running = self._tasks.get(call_id)
+            if running is not None:
+                running.cancel()
 
     def _drop_gone_on_arrival(self, calls: list, cancelled: set[int]) -> list:
         """Calls cancelled in the hand-off that brought them (a task cancelled before it starts

@@ -189,7 +189,7 @@ class _Connection(asyncio.Protocol):
             self._app.gone(response)
             response.cancel()
 
-    def data_received(self, data: bytes):
+    def data_received(self, data: bytes | memoryview):
         if self._unread:
             data, self._unread = self._unread + data, b""
         data = memoryview(data)
@@ -219,7 +219,7 @@ class _Connection(asyncio.Protocol):
         self._write_blocked = False
         self._flow()
 
-    def _feed(self, data: bytes):
+    def _feed(self, data: bytes | memoryview):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -337,15 +337,17 @@ class _Connection(asyncio.Protocol):
 
     def _write_done(self, keep_alive: bool, response: asyncio.Future):
         self._unanswered.discard(response)
+        transport = self._transport
+        assert transport is not None  # connected before its first request
         try:
-            if response.cancelled() or self._closing or self._transport.is_closing():
+            if response.cancelled() or self._closing or transport.is_closing():
                 return  # the server is stopping, or no one is left to read it
             try:
                 result = response.result()
             except Exception as exc:  # noqa: BLE001 - the app maps its errors; this is a bug
                 log.error("unhandled error in an HTTP handler", exc_info=exc)
                 result = self._shared.on_error(500, f"internal error: {type(exc).__name__}: {exc}")
-            self._transport.write(encode_response(result, keep_alive))
+            transport.write(encode_response(result, keep_alive))
             if not keep_alive:
                 self._close()
         finally:
@@ -412,26 +414,24 @@ class HttpServer:
         loop = asyncio.get_running_loop()
         self._shared = shared = _Shared(self._app, self._on_error, self._limits)
         timeouts = [t for t in (self._limits.header_timeout, self._limits.idle_timeout) if t > 0]
-        if ssl_context is not None and self._limits.header_timeout > 0:
-            # A connection is counted and timed from the end of its TLS handshake: bound the handshake too.
-            handshake = {"ssl_handshake_timeout": self._limits.header_timeout}
-        else:
-            handshake = {}
-        self._server = await loop.create_server(
-            lambda: _Connection(shared), host, port, reuse_address=True, backlog=1024, ssl=ssl_context, **handshake,
+        # A connection is counted and timed from the end of its TLS handshake: bound the handshake too.
+        handshake = self._limits.header_timeout if ssl_context is not None and self._limits.header_timeout > 0 else None
+        self._server = server = await loop.create_server(
+            lambda: _Connection(shared), host, port, reuse_address=True, backlog=1024, ssl=ssl_context,
+            ssl_handshake_timeout=handshake,
         )
         if timeouts:
             # A clock is checked a few times per timeout: it fires at most a quarter late.
-            self._sweep(loop, min(1.0, max(0.05, min(timeouts) / 4)))
-        return self._server.sockets[0].getsockname()[1]
+            self._sweep(loop, min(1.0, max(0.05, min(timeouts) / 4)), shared)
+        return server.sockets[0].getsockname()[1]
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
+    def _sweep(self, loop: asyncio.AbstractEventLoop, every: float, shared: _Shared) -> None:
         now = loop.time()
-        for connection in self._shared.heads.expired(now):
+        for connection in shared.heads.expired(now):
             connection.head_timed_out()
-        for connection in self._shared.idle_connections.expired(now):
+        for connection in shared.idle_connections.expired(now):
             connection.idle_timed_out()
-        self._sweeper = loop.call_later(every, self._sweep, loop, every)
+        self._sweeper = loop.call_later(every, self._sweep, loop, every, shared)
 
     def stop_accepting(self) -> None:
         """No new connections, and no new requests on open ones (they get 503)."""
@@ -447,5 +447,5 @@ class HttpServer:
         try:
             await asyncio.wait_for(self._shared.idle.wait(), timeout)
             return True
-        except TimeoutError:
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11
             return False

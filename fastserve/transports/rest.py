@@ -67,8 +67,8 @@ class RestApp:
         started = time.perf_counter()
         deadline = deadline_after(self._timeout)  # from its arrival: reading the body counts
         try:
-            surface = TokenAuth.rest_surface(request.path) if self._auth else "open"
-            if surface != "open":
+            surface = TokenAuth.rest_surface(request.path) if self._auth is not None else "open"
+            if self._auth is not None and surface != "open":
                 self._auth.check(request.headers.get("authorization"), surface == "admin")
             routed = self._route(request)
             priority = request.headers.get(PRIORITY_KEY)
@@ -111,8 +111,10 @@ class RestApp:
     def _flush(self) -> None:
         """This loop iteration's calls to the pipeline, with one timer for their deadline."""
         pending, self._pending = self._pending, []
-        if self._timeout is not None:  # the last one's deadline is the latest: they arrived in order
-            delay = max(0.0, pending[-1].deadline - time.monotonic())
+        if self._timeout is not None:
+            last = pending[-1].deadline  # the latest: they arrived in order
+            assert last is not None  # from the timeout
+            delay = max(0.0, last - time.monotonic())
             deadline = _Deadline(len(pending), asyncio.get_running_loop().call_later(delay, self._expire, pending))
             for call in pending:
                 call.reply_to[1] = deadline
@@ -164,6 +166,7 @@ class RestApp:
             self._record(request, code, started)
 
     def _deadline_response(self) -> Response:
+        assert self._timeout is not None  # only a timeout expires a request
         return error_response(HTTP_STATUS[StatusCode.DEADLINE_EXCEEDED], limits.rest_timeout_message(self._timeout))
 
     def _scrape(self, request: Request) -> Response:

@@ -8,6 +8,7 @@ TensorFlow's own classes when both are loaded.
 from functools import cache
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
@@ -26,7 +27,7 @@ def load(name: str) -> SimpleNamespace:
     for file in files:
         pool.Add(file)
     names = [file.name for file in files]
-    found = {cls.DESCRIPTOR.name: cls for cls in message_factory.GetMessageClassesForFiles(names, pool).values()
+    found: dict[str, Any] = {cls.DESCRIPTOR.name: cls for cls in message_factory.GetMessageClassesForFiles(names, pool).values()
              if cls.DESCRIPTOR.containing_type is None}
     for file_name in names:
         for enum_name, enum in pool.FindFileByName(file_name).enum_types_by_name.items():
