@@ -187,8 +187,7 @@ def in_process_limit(cache: Path, model: BenchModel, seconds: float) -> dict:
     """Rows/s of the served signature called directly, loaded as the server loads it by default
     (the same runtime choice and check)."""
     from fastserve.config import ModelConfig, ServerConfig
-    from fastserve.servables.manager import session_config
-    from fastserve.servables.version_loader import load_version
+    from fastserve.servables.version_loader import load_version, session_config
 
     server, path = ServerConfig(), str(cache / model.name / "1")
     loaded = load_version(path, ModelConfig(model.name, path), server, session_config(server), 1)

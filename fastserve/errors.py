@@ -55,6 +55,14 @@ class ServingError(Exception):
         return f"ServingError({self.code.name}, {self.message!r})"
 
 
+class LoadError(Exception):
+    """A version could not be loaded; the message says why, the code is TF Serving's."""
+
+    def __init__(self, message: str, code: StatusCode = StatusCode.UNKNOWN):
+        super().__init__(message)
+        self.code = code
+
+
 def invalid_argument(message: str) -> ServingError:
     return ServingError(StatusCode.INVALID_ARGUMENT, message)
 

@@ -16,6 +16,7 @@ from fastserve.errors import ServingError
 from fastserve.pipeline.cache import ResponseCaches
 from fastserve.pipeline.pipeline import Pipeline
 from fastserve.servables.manager import ModelManager
+from fastserve.servables import version_loader
 from fastserve.servables.registry import Registry
 from fastserve.servables.state import StateMonitor
 from fastserve.services.catalog import Services
@@ -40,7 +41,7 @@ class Server:
         self.config = config
         self.registry = Registry()
         self.monitor = StateMonitor()
-        self.manager = ModelManager(config, self.registry, self.monitor)
+        self.manager = ModelManager(config, self.registry, self.monitor, version_loader.loader(config))
         self.scheduler = Scheduler(config, Executor(config.executor_threads))
         if config.enable_metrics:
             metrics.export_batching(self.scheduler.stats)

@@ -27,7 +27,7 @@ PINNING_SCRIPT = textwrap.dedent(
     from fastserve.config import BatchingConfig, ModelConfig, ServerConfig
     from fastserve.pipeline.member import Member
     from fastserve.servables import saved_model
-    from fastserve.servables.manager import session_config
+    from fastserve.servables.version_loader import session_config
     from fastserve.servables.registry import ServableHandle, ServableVersion
 
     path, runtime = sys.argv[1], sys.argv[2]

@@ -14,9 +14,8 @@ from grpc import StatusCode
 
 from fastserve.config import ModelConfig, ServerConfig
 from fastserve.servables import captured_variables
-from fastserve.servables.manager import session_config
 from fastserve.servables.saved_model import LoadError
-from fastserve.servables.version_loader import load_version
+from fastserve.servables.version_loader import load_version, session_config
 from tests.model_builder import export_adder
 
 SERVER = ServerConfig()

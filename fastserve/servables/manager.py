@@ -25,22 +25,27 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import tensorflow as tf
 from grpc import StatusCode
 
 from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig, is_url, outside_root
-from fastserve.errors import ServingError, not_found
-from fastserve.servables import saved_model
+from fastserve.errors import LoadError, ServingError, not_found
 from fastserve.servables.memory import Footprint, MemoryBudget, give_back
 from fastserve.servables.registry import Registry, ServableVersion
 from fastserve.servables.object_store import ObjectStoreScanner
 from fastserve.servables.source import VersionScanner
 from fastserve.servables.state import AVAILABLE, END, LOADING, START, UNLOADING, StateMonitor
-from fastserve.servables.version_loader import load_version
+
+if TYPE_CHECKING:  # the manager imports no TensorFlow: its loader does
+    from fastserve.servables.saved_model import LoadedModel
 
 log = logging.getLogger(__name__)
+
+# Loads one version (path, model config, version) ready to serve, or raises (LoadError, or anything TF raises).
+# The server's is version_loader.loader(config); the control-plane tests pass a fake.
+Loader = Callable[[str, ModelConfig, int], "LoadedModel"]
 
 
 @dataclass
@@ -69,17 +74,17 @@ class _Model:
 
 
 class ModelManager:
-    def __init__(self, config: ServerConfig, registry: Registry, monitor: StateMonitor):
+    def __init__(self, config: ServerConfig, registry: Registry, monitor: StateMonitor, loader: Loader):
         self._config = config
         self._registry = registry
         self._monitor = monitor
+        self._load = loader
         self._models = {m.name: self._new_model(m) for m in config.models}
         self._models_lock = threading.Lock()  # guards the dict itself (reload adds/removes)
         # Loads run at a lower CPU priority: on a busy machine, requests of the loaded models come first.
         self._pool = ThreadPoolExecutor(config.num_load_threads, thread_name_prefix="fastserve-load", initializer=_lower_priority)
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
-        self._session_config = session_config(config)
         self.unload_listeners: list[Callable[[ServableVersion], None]] = []  # called with each drained version before it is freed
         self.budget = MemoryBudget(config.model_memory_budget_mb, config.gpu_memory_budget_mb)
         self._demands: dict[str, Future] = {}  # model name -> the load its requests wait for
@@ -366,7 +371,7 @@ class ModelManager:
             path = model.scanner.local_path(version)  # object storage: copied into the cache first
             escaped = outside_root(path, cfg.model_root, recursive=True)
             if escaped:  # a version directory (or a file in it) linked from outside the model root
-                raise saved_model.LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
+                raise LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
             with self.budget.one_at_a_time():
                 try:
                     self._make_room(model, self.budget.expected(name, version, path))
@@ -374,12 +379,12 @@ class ModelManager:
                     self._monitor.set(name, version, START, exc.error.code, exc.error.message)
                     raise
                 with self.budget.measuring(path) as footprint:
-                    loaded = load_version(path, model.config, cfg, self._session_config, version)
+                    loaded = self._load(path, model.config, version)
                 self.budget.loaded(name, version, footprint())
                 self._make_room(model, Footprint(0, {}), refuse=False)  # it may have taken more than expected
         except _NoRoom:
             raise
-        except saved_model.LoadError as exc:
+        except LoadError as exc:
             code, error = exc.code, str(exc)
         except Exception as exc:  # TF raises many types; none may escape the manager
             code, error = StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}"
@@ -452,13 +457,3 @@ def _loaded_as(config: ModelConfig) -> tuple:
     """What a loaded version is made of: a change reloads the model's versions."""
     return config.base_path, config.runtime, config.devices
 
-
-def session_config(config: ServerConfig) -> tf.compat.v1.ConfigProto:
-    proto = tf.compat.v1.ConfigProto(
-        intra_op_parallelism_threads=config.tensorflow_intra_op_parallelism,
-        inter_op_parallelism_threads=config.tensorflow_inter_op_parallelism,
-        allow_soft_placement=True,
-        device_count={"CPU": config.cpu_devices},  # server.cpu_devices: CPU:0..N-1 in every session too
-    )
-    proto.gpu_options.allow_growth = True
-    return proto

@@ -20,7 +20,7 @@ from pathlib import Path
 from grpc import StatusCode
 
 from fastserve.config import ConfigError
-from fastserve.servables.saved_model import LoadError
+from fastserve.errors import LoadError
 from fastserve.servables.source import VersionScanner
 
 # What says an object changed, by filesystem: S3's ETag, GCS's etag, else the modification time.

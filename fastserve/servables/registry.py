@@ -11,15 +11,18 @@ import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from fastserve.errors import invalid_argument, not_found
-from fastserve.servables.saved_model import LoadedModel
+
+if TYPE_CHECKING:  # lookups import no TensorFlow
+    from fastserve.servables.saved_model import LoadedModel
 
 
 class ServableVersion:
     """One AVAILABLE version of a model, with a count of the requests using it."""
 
-    def __init__(self, name: str, version: int, model: LoadedModel, on_demand: bool = False):
+    def __init__(self, name: str, version: int, model: "LoadedModel", on_demand: bool = False):
         self.name = name
         self.version = version
         self.model = model
@@ -82,7 +85,7 @@ class ServableHandle:
         return self.servable.version
 
     @property
-    def model(self) -> LoadedModel:
+    def model(self) -> "LoadedModel":
         return self.servable.model
 
     def __enter__(self) -> "ServableHandle":

@@ -28,19 +28,11 @@ from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 from tensorflow.python.saved_model import loader_impl
 
 from fastserve.config.models import FUNCTION, SESSION
-from fastserve.errors import from_tensorflow, invalid_argument
+from fastserve.errors import LoadError, from_tensorflow, invalid_argument
 from fastserve.servables import captured_variables
 from fastserve.servables.signature import Signature
 
 log = logging.getLogger(__name__)
-
-
-class LoadError(Exception):
-    """A version could not be loaded; the message says why, the code is TF Serving's."""
-
-    def __init__(self, message: str, code: StatusCode = StatusCode.UNKNOWN):
-        super().__init__(message)
-        self.code = code
 
 
 class LoadedModel:

@@ -8,16 +8,19 @@ its load, with the error of each runtime tried.
 """
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import tensorflow as tf
 from grpc import StatusCode
 from tensorflow.core.protobuf import config_pb2
 
 from fastserve import metrics
 from fastserve.config import ModelConfig, ServerConfig
 from fastserve.config.models import AUTO, FUNCTION, SESSION
+from fastserve.errors import LoadError
 from fastserve.servables import saved_model, warmup
-from fastserve.servables.saved_model import LoadedModel, LoadError
+from fastserve.servables.saved_model import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,23 @@ class _Failure:
     runtime: str
     message: str
     code: StatusCode
+
+
+def loader(server: ServerConfig) -> Callable[[str, ModelConfig, int], LoadedModel]:
+    """The manager's loader: load_version with the server's settings and one session config for all loads."""
+    session = session_config(server)
+    return lambda path, model, version: load_version(path, model, server, session, version)
+
+
+def session_config(config: ServerConfig) -> tf.compat.v1.ConfigProto:
+    proto = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=config.tensorflow_intra_op_parallelism,
+        inter_op_parallelism_threads=config.tensorflow_inter_op_parallelism,
+        allow_soft_placement=True,
+        device_count={"CPU": config.cpu_devices},  # server.cpu_devices: CPU:0..N-1 in every session too
+    )
+    proto.gpu_options.allow_growth = True
+    return proto
 
 
 def load_version(path: str, model: ModelConfig, server: ServerConfig, session_config: config_pb2.ConfigProto,
