@@ -85,11 +85,12 @@ def _ssl_config_file(path: str, where: str) -> SSLConfig:
         raise ConfigError(f"{where}: {exc}") from None
 
 
-def _monitoring_config_file(path: str, where: str) -> str:
+def _metrics_path(path: str, where: str) -> str | None:
+    """--monitoring_config_file: the metrics path its MonitoringConfig names."""
     # Imported here: the TF Serving protos' model list needs the models, which need these settings.
     from fastserve.config.tf_serving import load_monitoring_config_file
 
-    return load_monitoring_config_file(path)
+    return load_monitoring_config_file(path) if path else None
 
 
 def _file(read: Callable[[str, str], Any]) -> dict:
@@ -165,7 +166,7 @@ class ServerConfig:
     metrics_path: str = setting(
         METRICS_PATH, "Prometheus scrape path on the REST port (and /metrics); the flag: a MonitoringConfig text proto "
                       "whose prometheus_config.path it is", flag="monitoring_config_file", tf_serving=True,
-        from_flag=lambda path, where: _monitoring_config_file(path, where) if path else None)
+        from_flag=_metrics_path)
     enable_model_warmup: bool = setting(True, "replay assets.extra/tf_serving_warmup_requests", tf_serving=True)
     num_request_iterations_for_warmup: int = setting(1, "times each warm-up request runs", tf_serving=True)
     model_config_file_poll_wait_seconds: float = setting(0.0, "re-read the model config file this often; 0 = never",
