@@ -15,14 +15,13 @@ bench/run.py). For REST and gRPC:
 """
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.loadgen import free_port, run_h2load  # noqa: E402
+from bench.fastserve_process import FastserveProcess  # noqa: E402
+from bench.loadgen import run_h2load  # noqa: E402
 from bench.run import MODELS, OPEN_LOOP, PREDICT, REPO, ensure_exported, grpc_body, machine, rest_bodies  # noqa: E402
 
 TARGET_MS = 10
@@ -42,34 +41,19 @@ def configurations(model: str) -> dict[str, dict | None]:
     return configs
 
 
-def serve(cache: Path, model: str, workdir: Path) -> tuple[subprocess.Popen, int, int]:
-    lines = ["models:"]
-    for name, batching in configurations(model).items():
-        lines += [f"  - name: {name}", f"    base_path: {cache / model}"]
-        if batching is not None:
-            lines.append(f"    batching: {json.dumps(batching)}")
-    config = workdir / "models.yaml"
-    config.write_text("\n".join(lines) + "\n")
-    grpc_port, rest_port, log = free_port(), free_port(), workdir / "fastserve.log"
-    proc = subprocess.Popen([sys.executable, "-m", "fastserve", f"--config={config}", "--host=127.0.0.1", f"--port={grpc_port}",
-                             f"--rest_api_port={rest_port}"], stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
-    deadline = time.monotonic() + 300
-    while "fastserve ready" not in log.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"fastserve did not start:\n{log.read_text(errors='replace')}")
-        time.sleep(0.2)
-    return proc, grpc_port, rest_port
+def serve(cache: Path, model: str, workdir: Path) -> FastserveProcess:
+    models = [{"name": name, "base_path": str(cache / model), **({"batching": batching} if batching else {})}
+              for name, batching in configurations(model).items()]
+    return FastserveProcess({"models": models}, workdir)
 
 
-def point(ports: tuple[int, int], model: str, served: str, protocol: str, seconds: float, workdir: Path,
+def point(server: FastserveProcess, model: str, served: str, protocol: str, seconds: float, workdir: Path,
           connections: int, streams: int, rate: float | None = None) -> dict:
-    grpc_port, rest_port = ports
     if protocol == "grpc":
-        url, body, headers = f"http://127.0.0.1:{grpc_port}{PREDICT}", grpc_body(served, MODELS[model], 1), \
+        url, body, headers = f"http://127.0.0.1:{server.grpc_port}{PREDICT}", grpc_body(served, MODELS[model], 1), \
             ("content-type: application/grpc", "te: trailers")
     else:
-        url, body, headers = f"http://127.0.0.1:{rest_port}/v1/models/{served}:predict", rest_bodies(MODELS[model], 1)[0], \
+        url, body, headers = f"{server.rest}/v1/models/{served}:predict", rest_bodies(MODELS[model], 1)[0], \
             ("content-type: application/json",)
     return run_h2load(url, body, headers, connections, seconds, workdir, streams, rate=rate, h1=protocol == "rest")
 
@@ -91,14 +75,14 @@ def main(argv=None) -> int:
     for model in names:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            proc, *ports = serve(cache, model, work)
+            server = serve(cache, model, work)
             try:
                 for protocol in protocols:
                     configs = configurations(model)
-                    single = {served: point(ports, model, served, protocol, args.seconds, work, 1, 1)
+                    single = {served: point(server, model, served, protocol, args.seconds, work, 1, 1)
                               for served in (f"{model}_nobatch", f"{model}_target")}
                     connections, streams = OPEN_LOOP[protocol]
-                    closed = {served: point(ports, model, served, protocol, args.seconds, work, connections, streams)
+                    closed = {served: point(server, model, served, protocol, args.seconds, work, connections, streams)
                               for served in configs}
                     capacity = max(r["requests_per_s"] for r in closed.values())
                     row = {"model": model, "protocol": protocol, "one_client": single, "closed": closed, "capacity": capacity,
@@ -107,15 +91,14 @@ def main(argv=None) -> int:
                           f"{single[f'{model}_nobatch']['p50_ms']:.2f} ms unbatched; capacity {capacity:,.0f}/s", flush=True)
                     for fraction in FRACTIONS:
                         row["open"][fraction] = {
-                            served: point(ports, model, served, protocol, args.seconds, work, *OPEN, fraction * capacity)
+                            served: point(server, model, served, protocol, args.seconds, work, *OPEN, fraction * capacity)
                             for served in configs if not served.endswith("_nobatch")
                         }
                         print(f"  {fraction:.0%}: " + ", ".join(f"{s.split('_')[-1]} p99 {r['p99_ms']:.1f}"
                                                                for s, r in row["open"][fraction].items()), flush=True)
                     results.append(row)
             finally:
-                proc.terminate()
-                proc.wait(60)
+                server.stop()
     (out / "latency_target.json").write_text(json.dumps({"machine": machine(), "rows": results}, indent=1, default=str))
     table = markdown(results)
     (out / "latency_target.md").write_text(table + "\n")

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,8 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import REPO, free_port, machine  # noqa: E402
+from bench.fastserve_process import FastserveProcess  # noqa: E402
+from bench.run import REPO, machine  # noqa: E402
 
 SIZES_MB = (0, 1, 2, 4, 8)
 DEADLINE = 30.0
@@ -65,35 +65,16 @@ def model_tree(root: Path, staged: dict[int, Path], count: int) -> list[str]:
     return names
 
 
-class Server:
+class Server(FastserveProcess):
     def __init__(self, workdir: Path, names: list[str], budget_mb: int, eager: bool = True):
-        config = workdir / "models.yaml"
-        lines = [f"server: {{load: on_demand, model_memory_budget_mb: {budget_mb}}}", "models:"]
-        if eager:
-            lines.append(f"  - {{name: eager, base_path: {workdir / 'models' / 'eager'}, load: eager}}")
-        lines += [f"  - {{name: {n}, base_path: {workdir / 'models' / n}}}" for n in names]
-        config.write_text("\n".join(lines) + "\n")
-        self.port, self.log_path = free_port(), workdir / f"fastserve-{budget_mb}.log"
-        cmd = [sys.executable, "-m", "fastserve", f"--config={config}", "--host=127.0.0.1", f"--port={free_port()}",
-               f"--rest_api_port={self.port}", "--file_system_poll_wait_seconds=30"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
-        deadline = time.monotonic() + 300
-        while "fastserve ready" not in self.log_path.read_text(errors="replace"):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"fastserve did not start:\n{self.log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def rss_mb(self) -> float:
-        for line in open(f"/proc/{self.proc.pid}/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        models = [{"name": "eager", "base_path": str(workdir / "models" / "eager"), "load": "eager"}] if eager else []
+        models += [{"name": n, "base_path": str(workdir / "models" / n)} for n in names]
+        super().__init__({"server": {"load": "on_demand", "model_memory_budget_mb": budget_mb}, "models": models}, workdir,
+                         "--file_system_poll_wait_seconds=30", name=f"fastserve-{budget_mb}")
 
     def metric(self, name: str, **labels) -> float:
         total = 0.0
-        for line in requests.get(f"{self.url}/metrics", timeout=30).text.splitlines():
+        for line in requests.get(f"{self.rest}/metrics", timeout=30).text.splitlines():
             match = re.match(rf"{name}(?:{{(.*)}})? (\S+)$", line)
             if match and all(f'{k}="{v}"' in (match.group(1) or "") for k, v in labels.items()):
                 total += float(match.group(2))
@@ -102,7 +83,7 @@ class Server:
     def histogram_quantiles(self, name: str, quantiles=(0.5, 0.99)) -> list[float]:
         """Quantiles of a histogram summed over its labels, from its buckets (upper bounds)."""
         buckets: dict[float, float] = {}
-        for line in requests.get(f"{self.url}/metrics", timeout=30).text.splitlines():
+        for line in requests.get(f"{self.rest}/metrics", timeout=30).text.splitlines():
             match = re.match(rf'{name}_bucket{{.*le="([^"]+)".*}} (\S+)$', line)
             if match:
                 bound = float(match.group(1))
@@ -114,19 +95,10 @@ class Server:
     def predict(self, session: requests.Session, model: str) -> tuple[int, float]:
         started = time.perf_counter()
         try:
-            status = session.post(f"{self.url}/v1/models/{model}:predict", json={"instances": [[1.0]]}, timeout=DEADLINE).status_code
+            status = session.post(f"{self.rest}/v1/models/{model}:predict", json={"instances": [[1.0]]}, timeout=DEADLINE).status_code
         except requests.RequestException:
             status = 0
         return status, time.perf_counter() - started
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
 
 def drive(server: Server, pick, clients: int, seconds: float) -> list[tuple[int, float]]:
     """`clients` closed-loop clients, each sending to pick() until `seconds` have passed."""

@@ -31,14 +31,13 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.run import MODELS, REPO, BenchModel, ensure_exported, export_mlp, free_port, machine  # noqa: E402 - after sys.path names the folder
+from bench.fastserve_process import FastserveProcess  # noqa: E402
+from bench.run import MODELS, REPO, BenchModel, ensure_exported, export_mlp, machine  # noqa: E402 - after sys.path names the folder
 
 TARGET_MS = 10
 MODELS["wide_mlp"] = BenchModel(
@@ -48,23 +47,12 @@ MODELS["wide_mlp"] = BenchModel(
 SAMPLE_RATE = 0.05  # of requests the server logs (their code and time from arrival to answer)
 
 
-def serve(cache: Path, model: str, workdir: Path) -> tuple[subprocess.Popen, int, Path]:
+def serve(cache: Path, model: str, workdir: Path) -> FastserveProcess:
     batching = dict(MODELS[model].batching, target_latency_ms=TARGET_MS, priority_levels=2, default_priority_level=1)
     batching.pop("batch_timeout_micros", None)  # the target decides; it is also the longest wait
     batching["priority_queue_policy"] = {2: {"max_queue_size": batching["max_batch_size"], "max_queue_delay_ms": 50}}
-    config = workdir / "models.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": model, "base_path": str(cache / model), "batching": batching}]}))
-    port, log_path = free_port(), workdir / "fastserve.log"
-    cmd = [sys.executable, "-m", "fastserve", f"--config={config}", "--host=127.0.0.1", f"--port={free_port()}",
-           f"--rest_api_port={port}", "--log_format=json", f"--request_log_sample_rate={SAMPLE_RATE}"]
-    proc = subprocess.Popen(cmd, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, cwd=REPO)
-    deadline = time.monotonic() + 300
-    while "fastserve ready" not in log_path.read_text(errors="replace"):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError(f"fastserve did not start:\n{log_path.read_text(errors='replace')}")
-        time.sleep(0.2)
-    return proc, port, log_path
+    return FastserveProcess({"models": [{"name": model, "base_path": str(cache / model), "batching": batching}]}, workdir,
+                            "--log_format=json", f"--request_log_sample_rate={SAMPLE_RATE}")
 
 
 def h2load(url: str, body: Path, seconds: float, log_file: Path, clients: int, rate: float = 0, streams: int = 1,
@@ -99,9 +87,9 @@ def outcome(proc: subprocess.Popen, log_file: Path, seconds: float) -> dict:
     }
 
 
-def server_refusals(log_path: Path) -> dict:
+def server_refusals(log: str) -> dict:
     """Arrival-to-answer times of the refused requests the server logged (sampled)."""
-    times = [json.loads(line)["duration_ms"] for line in log_path.read_text(errors="replace").splitlines()
+    times = [json.loads(line)["duration_ms"] for line in log.splitlines()
              if '"RESOURCE_EXHAUSTED"' in line and '"duration_ms"' in line]
     if not times:
         return {"sampled": 0}
@@ -125,8 +113,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         body = work / "body.json"
         body.write_text(json.dumps({"inputs": {model.input_name: model.make_rows(1).tolist()}}))
-        proc, port, log_path = serve(cache, args.model, work)
-        url = f"http://127.0.0.1:{port}/v1/models/{args.model}:predict"
+        server = serve(cache, args.model, work)
+        url = f"{server.rest}/v1/models/{args.model}:predict"
         try:
             # enough in flight (64 connections x 8 pipelined) that batches never wait for their clients
             capacity_run = outcome(h2load(url, body, args.seconds, work / "capacity.log", 64, streams=8), work / "capacity.log",
@@ -137,10 +125,9 @@ def main(argv=None) -> int:
             high = h2load(url, body, args.seconds, work / "high.log", 4, steady_rate, 16)
             low = h2load(url, body, args.seconds, work / "low.log", 32, 3 * capacity, 16, priority=2)
             under_overload, overload = outcome(high, work / "high.log", args.seconds), outcome(low, work / "low.log", args.seconds)
-            refusals = server_refusals(log_path)
+            refusals = server_refusals(server.log())
         finally:
-            proc.terminate()
-            proc.wait(60)
+            server.stop()
     p99_alone, p99_loaded = alone["latency_ms"]["200"]["p99"], under_overload["latency_ms"]["200"]["p99"]
     result = {
         "machine": machine(), "model": args.model, "target_ms": TARGET_MS, "capacity_per_s": capacity,
