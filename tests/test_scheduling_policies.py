@@ -51,13 +51,13 @@ def test_nothing_measured_closes_at_once():
 def test_run_time_is_interpolated_between_measured_sizes_and_scaled_past_them():
     model = LatencyModel(0.010, executors=1)
     assert model.run_seconds(8) == 0.0
-    model.ran(4, 0.002)
-    model.ran(16, 0.005)
+    model.ran(4, 0.002, 1.0)
+    model.ran(16, 0.005, 1.1)
     assert model.run_seconds(4) == pytest.approx(0.002)
     assert model.run_seconds(10) == pytest.approx(0.0035)
     assert model.run_seconds(2) == pytest.approx(0.002)  # below the smallest: at least its time
     assert model.run_seconds(32) == pytest.approx(0.010)  # past the largest: in proportion
-    model.ran(4, 0.004)
+    model.ran(4, 0.004, 1.2)
     assert 0.002 < model.run_seconds(4) < 0.004  # a moving average
 
 
@@ -69,17 +69,41 @@ def steady(model: LatencyModel, rate: float, until: float, rows: int = 1) -> Non
         t += 1 / rate
 
 
+def busy(model: LatencyModel, share: float, until: float, rows: int = 64) -> None:
+    """Batches of `rows` (as long as the model says they run) keeping the executor busy `share`
+    of the 0.5 s before `until`."""
+    seconds = model.run_seconds(rows)
+    t = until - 0.5
+    while t <= until:
+        model.ran(rows, seconds, t)
+        t += seconds / share
+
+
+def linear(model: LatencyModel) -> None:
+    for size in (1, 8, 64):
+        model.ran(size, 0.0005 + 0.00002 * size, 0.0)  # 0.5 ms a batch, 20 us a row
+
+
 def test_sparse_arrivals_close_a_batch_at_once():
     model = LatencyModel(0.010, executors=1)
-    model.ran(1, 0.0003)
+    model.ran(1, 0.0003, 9.999)
     steady(model, 500, until=10.0)  # one every 2 ms, a batch of one runs 0.3 ms
     assert model.close_at(10.0001, 10.0, 1, 64)[0] == "idle"
 
 
-def test_dense_arrivals_wait_for_a_batch_that_keeps_up_within_the_target():
+def test_executors_with_time_to_spare_never_make_a_batch_wait():
     model = LatencyModel(0.010, executors=1)
-    for size in (1, 8, 64):
-        model.ran(size, 0.0005 + 0.00002 * size)  # 0.5 ms a batch, 20 us a row
+    linear(model)
+    busy(model, 0.3, until=10.0)
+    steady(model, 10_000, until=10.0)
+    assert model.utilization(10.0) == pytest.approx(0.3, abs=0.05)
+    assert model.close_at(10.0, 10.0, 1, 64)[0] == "idle"
+
+
+def test_dense_arrivals_at_busy_executors_wait_for_a_batch_that_keeps_up_within_the_target():
+    model = LatencyModel(0.010, executors=1)
+    linear(model)
+    busy(model, 0.8, until=10.0)
     steady(model, 10_000, until=10.0)  # one every 100 us: a batch of one could not keep up
     why, when, wanted = model.close_at(10.0, 10.0, 1, 64)
     assert why is None and 10.0 < when <= 10.0 + 0.010 and wanted > 0
@@ -87,13 +111,15 @@ def test_dense_arrivals_wait_for_a_batch_that_keeps_up_within_the_target():
     assert 1 < enough < 64
     assert model.close_at(10.0, 10.0, enough, 64)[0] == "idle"  # large enough to keep up: no more waiting
     steady(model, 10_000, until=10.0095)
+    busy(model, 0.8, until=10.0095)
     assert model.close_at(10.0095, 10.0, 2, 64)[0] == "target"  # waiting on would miss the target
 
 
 def test_a_burst_that_ended_is_not_waited_for():
     model = LatencyModel(0.050, executors=1)
-    model.ran(1, 0.0005)
-    model.ran(64, 0.0035)
+    model.ran(1, 0.0005, 0.0)
+    model.ran(64, 0.0035, 0.0)
+    busy(model, 0.8, until=10.0)
     steady(model, 20_000, until=10.0)
     assert model.close_at(10.0, 9.99, 3, 64)[0] is None  # arrivals are due
     assert model.close_at(10.01, 9.99, 3, 64)[0] == "idle"  # none for many mean gaps: the burst is over

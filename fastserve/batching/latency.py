@@ -4,12 +4,14 @@ A batch that waits longer fills more rows (less work per row) but makes its olde
 request wait. With `target_latency_ms`, the queue's batch thread asks `close_at` when it
 has rows and nothing more is queued; the answer is now, or when to look again:
 
+- idle: the executors have time to spare (busy less than BUSY of the recent past): a
+  batch run now delays no one, and while it runs the next one fills by itself; or, when
+  they are busy, the batch is already large enough for them to keep up with the arrival
+  rate at BUSY, or no arrival is expected soon (none for two mean gaps: a burst has ended,
+  or clients wait for their answers), or the next arrival is not expected before this
+  batch would be done anyway;
 - target: waiting past `latest` would put the oldest request past the target, given how
-  long a batch of the rows expected by then runs (measured per batch size);
-- idle: the batch is already large enough for the executors to keep up with the arrival
-  rate (at most BUSY of an executor's time), or no arrival is expected soon (none for two
-  mean gaps: a burst has ended, or clients wait for their answers), or the next arrival
-  is not expected before this batch would be done anyway.
+  long a batch of the rows expected by then runs (measured per batch size).
 
 Arrivals are measured on the event loop (`arrived`), run times on the batch threads
 (`ran`); both are plain floats a stale read of which only shifts one decision.
@@ -19,7 +21,7 @@ import math
 # The share of an executor's time batches may take before waiting for fuller batches pays:
 # the rest of the server (transports, encoding) shares the CPU with them.
 BUSY = 0.5
-RATE_WINDOW = 0.1  # seconds over which the arrival rate is averaged (exponential decay)
+RATE_WINDOW = 0.1  # seconds over which the arrival rate and the executors' busy time are averaged (exponential decay)
 RUN_WEIGHT = 0.2  # weight of a new run time in its batch size's moving average
 
 
@@ -32,6 +34,8 @@ class LatencyModel:
         self._row_rate = 0.0  # rows per second
         self._task_rate = 0.0  # arrivals per second
         self._last_arrival: float | None = None
+        self._busy = 0.0  # executor-seconds of batches per second
+        self._last_run = 0.0  # when the last batch finished
 
     # ------------------------------------------------------------ measurements
 
@@ -42,7 +46,9 @@ class LatencyModel:
             self._task_rate = self._task_rate * decay + 1 / RATE_WINDOW
         self._last_arrival = now
 
-    def ran(self, rows: int, seconds: float) -> None:
+    def ran(self, rows: int, seconds: float, finished: float) -> None:
+        self._busy = self._busy * math.exp(-max(0.0, finished - self._last_run) / RATE_WINDOW) + seconds / RATE_WINDOW
+        self._last_run = finished
         old = self._run.get(rows)
         if old is None:
             self._run[rows] = seconds
@@ -68,6 +74,10 @@ class LatencyModel:
         share = (rows - below) / (above - below)
         return self._run[below] + share * (self._run[above] - self._run[below])
 
+    def utilization(self, now: float) -> float:
+        """The executors' busy share of the recent past (0..1)."""
+        return self._busy * math.exp(-max(0.0, now - self._last_run) / RATE_WINDOW) / self._executors
+
     def rows_per_second(self, capacity: int) -> float:
         """What the executors get through at full batches (0 before any batch ran)."""
         seconds = self.run_seconds(capacity)
@@ -79,8 +89,8 @@ class LatencyModel:
         """For a batch of `rows` whose oldest request arrived at `oldest`, with nothing more
         queued: (why, 0, 0) to close it now, or (None, when, rows_wanted) to look again at
         `when` or once the queue holds `rows_wanted` more rows, whichever comes first."""
-        if self._last_arrival is None or self._task_rate <= 0:
-            return "idle", 0.0, 0  # nothing measured yet: nothing to wait for
+        if self._last_arrival is None or self._task_rate <= 0 or self.utilization(now) < BUSY:
+            return "idle", 0.0, 0  # nothing measured yet, or time to spare: nothing to wait for
         enough = self.enough_rows(capacity)
         run = self.run_seconds(rows)
         gap = 1 / self._task_rate

@@ -412,7 +412,7 @@ class BatchQueue:
             results = [(task, a, b, None, error) for task, a, b in pieces]
         finished = time.monotonic()
         seconds = finished - start
-        self._latency.ran(padded, seconds)
+        self._latency.ran(padded, seconds, finished)
         if tracing.enabled():
             waits = [(m.trace, tracing.monotonic_ns(t.enqueued)) for t, _, _ in pieces for m in t.members if m.trace is not None]
             if waits:
