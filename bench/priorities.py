@@ -14,7 +14,7 @@ The model is served batched with a latency target and two priority levels; level
 hold one batch of rows (max_queue_size) for at most max_queue_delay_ms. Three phases,
 each driven by h2load over HTTP/1.1 (open loop: a fixed arrival rate, `--rps`):
 
-1. capacity: priority-1 requests closed loop at 512 in flight;
+1. capacity: priority-1 requests closed loop at 512 in flight (512 connections);
 2. alone: the priority-1 stream at 25% of that capacity;
 3. overload: the same stream, and priority-2 requests (`Fastserve-Priority: 2`) offered at
    3x the capacity.
@@ -116,14 +116,14 @@ def main(argv=None) -> int:
         server = serve(cache, args.model, work)
         url = f"{server.rest}/v1/models/{args.model}:predict"
         try:
-            # enough in flight (64 connections x 8 pipelined) that batches never wait for their clients
-            capacity_run = outcome(h2load(url, body, args.seconds, work / "capacity.log", 64, streams=8), work / "capacity.log",
-                                   args.seconds)
+            # enough in flight that batches never wait for their clients (a connection answers its
+            # pipelined requests one after another: one in flight on each of 512)
+            capacity_run = outcome(h2load(url, body, args.seconds, work / "capacity.log", 512), work / "capacity.log", args.seconds)
             capacity = capacity_run["answered_per_s"].get("200", 0.0)
             steady_rate = 0.25 * capacity
-            alone = outcome(h2load(url, body, args.seconds, work / "alone.log", 4, steady_rate, 16), work / "alone.log", args.seconds)
-            high = h2load(url, body, args.seconds, work / "high.log", 4, steady_rate, 16)
-            low = h2load(url, body, args.seconds, work / "low.log", 32, 3 * capacity, 16, priority=2)
+            alone = outcome(h2load(url, body, args.seconds, work / "alone.log", 16, steady_rate), work / "alone.log", args.seconds)
+            high = h2load(url, body, args.seconds, work / "high.log", 16, steady_rate)
+            low = h2load(url, body, args.seconds, work / "low.log", 512, 3 * capacity, priority=2)
             under_overload, overload = outcome(high, work / "high.log", args.seconds), outcome(low, work / "low.log", args.seconds)
             refusals = server_refusals(server.log())
         finally:
