@@ -154,7 +154,6 @@ struct Call {
   size_t with_python_count = 0; // messages handed over and not answered yet
   std::map<uint64_t, Answers> ready;  // by message number
   std::unique_ptr<grpc::Status> finish_after_write;  // an end decided while a Write was in flight
-  bool started = false;       // the server matched it to a client call
   bool done = false;          // the done tag has returned (call over, or cancelled)
   bool finishing = false;     // Finish has been issued
   bool finished = false;      // ... and its tag has returned
@@ -678,7 +677,6 @@ class Server {
     switch (kind) {
       case TagKind::kNew:
         if (!ok) return;  // shutting down; freed after the queue drains
-        call->started = true;
         if (!cq_shut_down_) RequestNext();
         call->streaming = streaming_methods_.count(call->ctx.method()) > 0;
         call->reading = true;
