@@ -420,7 +420,6 @@ class ModelManager:
             listener(servable)
         metrics.model_runtime(name, version, servable.model.runtime, loaded=False)
         servable.model.close()
-        del servable
         model.scanner.release(version)
         freed = self.budget.unloaded(name, version)
         self._monitor.set(name, version, END, message=EVICTED if evicted else "")
