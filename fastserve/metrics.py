@@ -6,17 +6,19 @@ every counter, so `:tensorflow:serving:request_count` is scraped as
 in TF Serving. fastserve's own metrics are `fastserve_*`, latencies in seconds.
 
 The request path records through pre-bound series (one cached object per label
-combination), so a request costs a dict lookup and a few lock-protected adds.
+combination), so a request costs a dict lookup and a few lock-protected adds. Series are
+kept compactly (metric_families.py): many models must not mean many objects to collect.
 """
 import logging
 import time
 
 from grpc import StatusCode
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from fastserve.batching import devices
+from fastserve.metric_families import Counter, CountedSeries, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +94,7 @@ class _RequestSeries:
     def __init__(self, entrypoint: str, api: str, model: str):
         self._model = model
         self._latency = REQUEST_LATENCY.labels(model, api, entrypoint)
-        self._counts: dict[StatusCode, Counter] = {}
+        self._counts: dict[StatusCode, CountedSeries] = {}
 
     def done(self, code: StatusCode, started: float) -> float:
         """Count one finished request that started at `started`; returns its duration in seconds."""
@@ -124,7 +126,7 @@ def request_series(entrypoint: str, api: str, model: str) -> _RequestSeries:
     return series
 
 
-_in_flight: dict[str, Gauge] = {}
+_in_flight: dict[str, CountedSeries] = {}
 
 
 def in_flight(protocol: str):
@@ -147,7 +149,7 @@ class _ModelSeries:
 
     def __init__(self, model: str, version: int, signature: str, api: str):
         self._labels = (model, str(version), signature, api)
-        self._counts: dict[StatusCode, Counter] = {}
+        self._counts: dict[StatusCode, CountedSeries] = {}
         self._runtime = RUNTIME_LATENCY.labels(model, api, "TF")
 
     def count(self, code: StatusCode, requests: int = 1) -> None:
@@ -253,7 +255,7 @@ class _BatchSeries:
 
     def __init__(self, model: str, version: int, signature: str):
         self.labels = (model, str(version), signature)
-        self.closed: dict[str, Counter] = {}  # why -> its counter
+        self.closed: dict[str, CountedSeries] = {}  # why -> its counter
         self.input_size = BATCH_INPUT_SIZE.labels(model, signature)
         self.processed_size = BATCH_PROCESSED_SIZE.labels(model, signature)
         self.padding = BATCH_PADDING_SIZE.labels(model, signature)
@@ -333,9 +335,10 @@ def model_runtime(model: str, version: int, runtime: str, loaded: bool) -> None:
 MODEL_MEMORY = Gauge(
     "fastserve_model_memory_bytes", "Memory a loaded model version took when it loaded, by device (host, GPU:N).",
     ["model", "version", "device"], registry=REGISTRY)
-MEMORY_BUDGET = Gauge("fastserve_memory_budget_bytes", "server.model_memory_budget_mb in bytes (0: no budget).", registry=REGISTRY)
-MEMORY_IN_USE = Gauge("fastserve_memory_budget_in_use_bytes", "Host memory the loaded model versions took, together.",
-                      registry=REGISTRY)
+MEMORY_BUDGET = Gauge("fastserve_memory_budget_bytes", "server.model_memory_budget_mb in bytes (0: no budget).", [],
+                      registry=REGISTRY).labels()
+MEMORY_IN_USE = Gauge("fastserve_memory_budget_in_use_bytes", "Host memory the loaded model versions took, together.", [],
+                      registry=REGISTRY).labels()
 ON_DEMAND_LOADS = Counter(
     "fastserve_on_demand_loads", "Loads of on-demand models started by a request, by result (ok, failed, no_room).",
     ["model", "result"], registry=REGISTRY)
@@ -361,10 +364,7 @@ def model_memory(model: str, version: int, host: int | None, gpus: dict[int, int
     """A version's footprint while it is loaded (host None: it unloaded)."""
     for device, value in (("host", host), *((f"GPU:{i}", None if host is None else b) for i, b in gpus.items())):
         if value is None:
-            try:
-                MODEL_MEMORY.remove(model, str(version), device)
-            except KeyError:
-                pass
+            MODEL_MEMORY.remove(model, str(version), device)
         else:
             MODEL_MEMORY.labels(model, str(version), device).set(value)
 
