@@ -1,5 +1,6 @@
 """Wires the parts together: load models, start the frontends, shut down gracefully."""
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -73,6 +74,10 @@ class Server:
         custom_ops.register(self.config)
         if self.config.tracing_endpoint:
             tracing.setup(self.config.tracing_endpoint, self.config.tracing_sample_rate)
+        # What the imports made (TensorFlow's ~300k objects) lives as long as the process: frozen,
+        # a full collection (after an unload, or Python's own) scans only what came since, ~1 ms
+        # instead of ~170 ms holding the GIL while every request waits.
+        gc.freeze()
         self.manager.start()
         self._log_models()
         addresses = [f"{self.config.host}:{self.config.grpc_port}"]

@@ -20,6 +20,7 @@ still does not fit is refused (RESOURCE_EXHAUSTED); eager models are never unloa
 """
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -378,7 +379,7 @@ class ModelManager:
                 except _NoRoom as exc:
                     self._monitor.set(name, version, START, exc.error.code, exc.error.message)
                     raise
-                with self.budget.measuring(path) as footprint:
+                with self.budget.measuring(path) as footprint, _short_turns:
                     loaded = self._load(path, model.config, version)
                 self.budget.loaded(name, version, footprint())
                 self._make_room(model, Footprint(0, {}), refuse=False)  # it may have taken more than expected
@@ -437,6 +438,36 @@ class ModelManager:
 
 def _lower_priority() -> None:
     os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICENESS)
+
+
+LOAD_SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL, while a load runs, before a waiting one gets it
+
+
+class _ShortTurns:
+    """While any load runs, Python hands the GIL over every LOAD_SWITCH_INTERVAL instead of
+    every 5 ms: a load is mostly Python, and a request to a loaded model takes the GIL several
+    times (decode, batch, reply), waiting out the loading thread's turn each time."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running = 0
+        self._usual = sys.getswitchinterval()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if not self._running:
+                self._usual = sys.getswitchinterval()
+                sys.setswitchinterval(LOAD_SWITCH_INTERVAL)
+            self._running += 1
+
+    def __exit__(self, *_) -> None:
+        with self._lock:
+            self._running -= 1
+            if not self._running:
+                sys.setswitchinterval(self._usual)
+
+
+_short_turns = _ShortTurns()
 
 
 LOAD_NICENESS = 10  # of the load threads (Linux schedules threads by their own nice value)
