@@ -74,6 +74,7 @@ class Server:
         custom_ops.register(self.config)
         if self.config.tracing_endpoint:
             tracing.setup(self.config.tracing_endpoint, self.config.tracing_sample_rate)
+        version_loader.start_runtimes(self.config)
         # What the imports made (TensorFlow's ~300k objects) lives as long as the process: frozen,
         # a full collection (after an unload, or Python's own) scans only what came since, ~1 ms
         # instead of ~170 ms holding the GIL while every request waits.

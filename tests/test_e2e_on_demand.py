@@ -7,6 +7,7 @@ import concurrent.futures
 import re
 import shutil
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -95,6 +96,28 @@ def test_the_budget_unloads_the_least_recently_used_idle_models_and_never_an_eag
     evicted = [i for i in range(COUNT) if states(server, f"m{i}") == {1: "END"}]
     assert evicted == list(range(len(evicted))) and states(server, f"m{COUNT - 1}") == {1: "AVAILABLE"}  # least recent first
     assert re.search(r"evicted model m\d \(idle [\d.]+s, [\d.]+ MB freed\) to make room for m\d", server.log())
+
+
+def thread_nice_values(server) -> dict[str, set[int]]:
+    """The server's threads: name (digits dropped) -> their nice values."""
+    found: dict[str, set[int]] = {}
+    for task in Path(f"/proc/{server.proc.pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip().rstrip("0123456789")
+            nice = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+        except (OSError, IndexError):
+            continue  # a thread that ended meanwhile
+        found.setdefault(name, set()).add(nice)
+    return found
+
+
+def test_tensorflow_threads_serve_unniced_after_loads_on_the_niced_load_threads(env):
+    server = env
+    for i in range(COUNT):
+        assert predict(server, f"m{i}", 1.0).status_code == 200
+    nice = thread_nice_values(server)
+    assert nice["tf_Compute"] == {0}, nice  # made before any load: not inherited from a load thread
+    assert any(n > 0 for n in nice["python"]), nice  # the load threads
 
 
 def test_a_model_that_fails_to_load_answers_its_requests_with_the_error_and_others_still_load(env):

@@ -33,18 +33,17 @@ class _Failure:
 
 
 def loader(server: ServerConfig) -> Callable[[str, ModelConfig, int], LoadedModel]:
-    """The manager's loader: load_version with the server's settings and one session config for all
-    loads. TensorFlow's runtimes start here, on the caller's thread (see start_runtimes)."""
+    """The manager's loader: load_version with the server's settings and one session config for all loads."""
     session = session_config(server)
-    start_runtimes(session)
     return lambda path, model, version: load_version(path, model, server, session, version)
 
 
-def start_runtimes(session_config: config_pb2.ConfigProto) -> None:
+def start_runtimes(server: ServerConfig) -> None:
     """Make TensorFlow's thread pools (each runtime makes them on its first use) on the calling
-    thread: threads inherit their maker's nice value, and the load threads run niced, so pools
-    first made by a load would run every later request niced too."""
-    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph, config=session_config) as session:
+    thread, before any load: threads inherit their maker's nice value, and the load threads run
+    niced, so pools first made by a load would run every later request niced too. (After the
+    scheduler has split the CPU into server.cpu_devices: TF's devices are fixed from here.)"""
+    with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph, config=session_config(server)) as session:
         session.run(tf.constant(1.0) + 1.0)
     tf.constant(1.0) + 1.0  # the function runtime's (eager) pools
 
