@@ -15,7 +15,8 @@ on, so their sizes differ), hard links of five exports. Phases, each against a r
 3. quiet: the same eager clients alone, as long: its p99 without churn (the claim: churn
    leaves it within 1.5x).
 4. cycles: two models, a budget that holds one, alternated `--cycles` times (each request
-   loads one and evicts the other): RSS after the first cycle and at the end.
+   loads one and evicts the other): RSS after the first cycle and at the end. Loads run back
+   to back here (on_demand_load_share: 1): what this phase measures is memory.
 """
 import argparse
 import concurrent.futures
@@ -67,10 +68,11 @@ def model_tree(root: Path, staged: dict[int, Path], count: int) -> list[str]:
 
 
 class Server(FastserveProcess):
-    def __init__(self, workdir: Path, names: list[str], budget_mb: int, eager: bool = True):
+    def __init__(self, workdir: Path, names: list[str], budget_mb: int, eager: bool = True, **server):
         models = [{"name": "eager", "base_path": str(workdir / "models" / "eager"), "load": "eager"}] if eager else []
         models += [{"name": n, "base_path": str(workdir / "models" / n)} for n in names]
-        super().__init__({"server": {"load": "on_demand", "model_memory_budget_mb": budget_mb}, "models": models}, workdir,
+        server = {"load": "on_demand", "model_memory_budget_mb": budget_mb, **server}
+        super().__init__({"server": server, "models": models}, workdir,
                          "--file_system_poll_wait_seconds=30", name=f"fastserve-{budget_mb}")
 
     def metric(self, name: str, **labels) -> float:
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
         if args.cycles:
             largest = len(SIZES_MB) - 1
             pair = [names[largest], names[largest + len(SIZES_MB)]]  # two of the largest: a budget of 1.5 holds one
-            server = Server(work, pair, max(1, round(1.5 * footprints[largest] / 2**20)), eager=False)
+            server = Server(work, pair, max(1, round(1.5 * footprints[largest] / 2**20)), eager=False, on_demand_load_share=1)
             try:
                 session, rss = requests.Session(), []
                 for cycle in range(args.cycles):

@@ -7,6 +7,7 @@ milliseconds.
 """
 import shutil
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class FakeLoader:
 
     def __init__(self):
         self.calls: list[tuple[str, int]] = []
+        self.started: dict[tuple[str, int], float] = {}  # monotonic time each (model, version) last started loading
         self.models: dict[tuple[str, int], FakeModel] = {}  # the last one loaded of each
         self._failures: dict[tuple[str, int], list[Exception]] = {}
         self._gates: dict[tuple[str, int], Gate] = {}
@@ -75,6 +77,7 @@ class FakeLoader:
     def __call__(self, path: str, model: ModelConfig, version: int) -> FakeModel:
         key = (model.name, version)
         self.calls.append(key)
+        self.started[key] = time.monotonic()
         gate = self._gates.pop(key, None)
         if gate:
             gate.reached.set()
@@ -446,6 +449,25 @@ def test_a_failed_on_demand_load_answers_its_callers_and_the_next_request_tries_
     assert p.state("a", 1)[0] == END
     p.manager.load_on_demand("a").result(5)
     assert p.served("a") == {1} and len(p.loader.calls) == 2
+
+
+def test_on_demand_loads_take_at_most_their_share_of_the_time_and_eager_ones_are_not_paced(tmp_path, plane):
+    p = plane(on_demand(tmp_path, "a"), on_demand(tmp_path, "b"), model(tmp_path, "e"), on_demand_load_share=0.5)
+    p.manager.start()
+    gate = p.loader.block("a", 1)
+    first = p.manager.load_on_demand("a")
+    gate.wait_reached()
+    time.sleep(0.2)  # a load of 0.2 s: at a share of 0.5 the next on-demand load starts 0.2 s after it
+    gate.open()
+    first.result(5)
+    ended = time.monotonic()
+    write_version(tmp_path / "e" / "2")
+    p.poll()
+    p.poll()  # (a new version loads once two polls agree it is complete)
+    p.monitor.wait_for("e", 2, AVAILABLE)
+    assert p.loader.started["e", 2] - ended < 0.15  # an eager model's new version: not paced
+    p.manager.load_on_demand("b").result(5)
+    assert p.loader.started["b", 1] - ended >= 0.15
 
 
 def test_a_load_past_the_budget_evicts_the_least_recently_used_idle_model(tmp_path, plane):

@@ -27,6 +27,13 @@ def typed(values: dict, types: dict, where: str) -> None:
             raise ConfigError(f"{where}.{key}: expected {name}, got {value!r}")
 
 
+def share(value) -> str | None:
+    """Why `value` is not a share of the time, more than 0 and at most 1 (None: it is)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        return f"expected a number more than 0 and at most 1, got {value!r}"
+    return None
+
+
 def fraction(rate) -> str | None:
     """Why `rate` is not a fraction from 0 to 1 (None: it is)."""
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1:

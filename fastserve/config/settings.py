@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from fastserve.config.batching import BatchingConfig, batching_config, load_batching_parameters_file
-from fastserve.config.checks import ConfigError, fraction, known
+from fastserve.config.checks import ConfigError, fraction, known, share
 from fastserve.tls import SSLConfig, SSLConfigError, load_ssl_config_file
 
 if TYPE_CHECKING:
@@ -200,6 +200,10 @@ class ServerConfig:
     gpu_memory_budget_mb: int = setting(0, "the same, per GPU; 0 = no budget", check=not_negative)
     on_demand_load_timeout_ms: int = setting(60000, "the longest a request waits for its model to load (or its deadline)",
                                              check=at_least(1))
+    on_demand_load_share: float = setting(
+        0.25, "the most of the time on-demand loads take: after a load of t seconds the next starts t * (1/share - 1) "
+              "later, leaving the cores to the models serving; 1 = back to back", check=share,
+        expected="a number more than 0 and at most 1")
     # Not settings: what the models come from, and the models.
     model_config_file: str = ""  # where the model list came from, for reloads
     model_config_format: str = ""  # "yaml" or "text_proto" (TF Serving's ModelServerConfig)

@@ -18,6 +18,7 @@ with a memory budget, a load that would pass it first unloads the least recently
 on-demand models that have no request in flight or queued, and an on-demand load that
 still does not fit is refused (RESOURCE_EXHAUSTED); eager models are never unloaded for room.
 """
+import contextlib
 import logging
 import os
 import sys
@@ -88,6 +89,7 @@ class ModelManager:
         self._ticker: threading.Thread | None = None
         self.unload_listeners: list[Callable[[ServableVersion], None]] = []  # called with each drained version before it is freed
         self.budget = MemoryBudget(config.model_memory_budget_mb, config.gpu_memory_budget_mb)
+        self._pacer = _LoadPacer(config.on_demand_load_share)
         self._demands: dict[str, Future] = {}  # model name -> the load its requests wait for
         self._demands_lock = threading.Lock()
 
@@ -373,7 +375,7 @@ class ModelManager:
             escaped = outside_root(path, cfg.model_root, recursive=True)
             if escaped:  # a version directory (or a file in it) linked from outside the model root
                 raise LoadError(f"{path} resolves to {escaped}, outside model_root {cfg.model_root}", StatusCode.PERMISSION_DENIED)
-            with self.budget.one_at_a_time():
+            with self._pacer.turn() if model.on_demand else contextlib.nullcontext(), self.budget.one_at_a_time():
                 try:
                     self._make_room(model, self.budget.expected(name, version, path))
                 except _NoRoom as exc:
@@ -468,6 +470,30 @@ class _ShortTurns:
 
 
 _short_turns = _ShortTurns()
+
+
+class _LoadPacer:
+    """On-demand loads take at most `share` of the time: after a load of t seconds the next one
+    starts t * (1/share - 1) later. Most of a load is TensorFlow's C++ on its shared thread pools
+    (graph optimisation, restore, the check), which the load threads' nice value does not reach:
+    the pause is what leaves the cores to the models serving."""
+
+    def __init__(self, share: float):
+        self._pause = 1 / share - 1
+        self._lock = threading.Lock()  # held through the wait: waiting loads start in turn
+        self._next = 0.0  # monotonic time the next load may start
+
+    @contextlib.contextmanager
+    def turn(self):
+        with self._lock:
+            time.sleep(max(0.0, self._next - time.monotonic()))
+            started = time.monotonic()
+        try:
+            yield
+        finally:
+            ended = time.monotonic()
+            with self._lock:
+                self._next = max(self._next, ended + (ended - started) * self._pause)
 
 
 LOAD_NICENESS = 10  # of the load threads (Linux schedules threads by their own nice value)
