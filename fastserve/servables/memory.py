@@ -6,8 +6,9 @@ CPU allocator keeps none unless C++ code turns them on (get_memory_info("CPU:0")
 and the resident memory holds what that allocator took, the graph and Python objects too.
 With a budget, loads are measured one at a time so that each delta is that version's own.
 A version about to load is expected to need what it needed last time, else its size on disk
-(as TensorFlow holds its variables and graph in memory, at least that). Unloads give memory back to the system: the allocator's
-freed pages are returned (glibc's malloc_trim) after Python has collected the version.
+(as TensorFlow holds its variables and graph in memory, at least that). Unloads give memory
+back to the system: the allocator's freed pages are returned (glibc's malloc_trim) after
+Python has collected the version.
 """
 import contextlib
 import ctypes
