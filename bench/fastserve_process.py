@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.loadgen import free_port
+from bench.loadgen import free_port, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,10 +39,4 @@ class FastserveProcess:
         return 0.0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)

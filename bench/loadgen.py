@@ -22,6 +22,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Stop a server the bench started: SIGTERM (its graceful shutdown), SIGKILL after `timeout`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def grpc_frame(message: bytes) -> bytes:
     """A gRPC length-prefixed message, as h2load sends it."""
     return struct.pack(">BI", 0, len(message)) + message

@@ -45,7 +45,7 @@ import numpy as np
 
 import thread_cpu
 import triton_peer
-from loadgen import GRPC_HEADERS, JSON_HEADERS, Load, free_port, grpc_frame, run_h2load, run_wrk
+from loadgen import GRPC_HEADERS, JSON_HEADERS, Load, free_port, grpc_frame, run_h2load, run_wrk, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -271,13 +271,7 @@ class Server:
                     lambda: check_grpc(self.grpc_port, served, model))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
