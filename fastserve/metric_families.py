@@ -15,12 +15,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 Labels = tuple[str, ...]
 
 
-class _Family:
+class _Family(Collector):
     """One metric's series by label values; registered with `registry`."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry):
@@ -54,10 +55,7 @@ class _Family:
             return [(key, values.tolist()) for key, values in self._series.items()]
 
     def describe(self) -> list[Metric]:
-        return []  # collected at scrape time only
-
-    def collect(self) -> Iterator[Metric]:
-        raise NotImplementedError
+        return []  # collected at scrape time only (each kind's collect)
 
 
 class CountedSeries:

@@ -447,8 +447,9 @@ LOAD_SWITCH_INTERVAL = 0.0005  # seconds a thread holds the GIL, while a load ru
 
 class _ShortTurns:
     """While any load runs, Python hands the GIL over every LOAD_SWITCH_INTERVAL instead of
-    every 5 ms: a load is mostly Python, and a request to a loaded model takes the GIL several
-    times (decode, batch, reply), waiting out the loading thread's turn each time."""
+    every 5 ms: a load runs Python between its TensorFlow calls, and a request to a loaded model
+    takes the GIL several times (decode, batch, reply), waiting out the loading thread's turn
+    each time."""
 
     def __init__(self):
         self._lock = threading.Lock()
