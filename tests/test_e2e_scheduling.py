@@ -91,6 +91,14 @@ def test_a_full_level_is_refused_at_once_on_every_api_while_a_higher_level_is_se
         refused = requests.post(f"{server.rest}/v1/models/busy:predict", json=busy_body(0), headers={"Fastserve-Priority": "2"},
                                 timeout=30)
         refused_in = time.monotonic() - started
+        # refused from its path and head, before its body is decoded: even a truncated one
+        undecoded = requests.post(f"{server.rest}/v1/models/busy:predict", data=b'{"inputs": {"x": [[1.0]], "seconds": [0',
+                                  headers={"Fastserve-Priority": "2", "content-type": "application/json"}, timeout=30)
+        v2_header = requests.post(f"{server.rest}/v2/models/busy/versions/1/infer", data=b"{", timeout=30,
+                                  headers={"Fastserve-Priority": "2", "content-type": "application/json"})
+        # a body that names a signature is decoded first (it may name another queue)
+        named = requests.post(f"{server.rest}/v1/models/busy:predict", json={"signature_name": "serving_default", **busy_body(0)},
+                              headers={"Fastserve-Priority": "2"}, timeout=30)
         request = predict_pb2.PredictRequest()
         request.model_spec.name = "busy"
         request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.ones((1, 1), np.float32)))
@@ -116,11 +124,13 @@ def test_a_full_level_is_refused_at_once_on_every_api_while_a_higher_level_is_se
     assert refused.status_code == 429 and refused_in < 0.5  # at once, long before the model is free
     assert "priority level 2 already holds its max_queue_size of 1 rows" in refused.json()["error"]
     assert int(refused.headers["Retry-After"]) >= 1
+    for early in (undecoded, v2_header, named):
+        assert early.status_code == 429 and "max_queue_size" in early.json()["error"]
     assert grpc_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert v2_rest.status_code == 429 and "max_queue_size" in v2_rest.json()["error"]
     assert v2_grpc_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert bad.status_code == 400 and "priority must be a non-negative integer" in bad.json()["error"]
-    assert metric(server, "fastserve_rejected_requests_total", reason="max_queue_size") >= 4
+    assert metric(server, "fastserve_rejected_requests_total", reason="max_queue_size") >= 7
 
 
 def test_with_a_latency_target_a_lone_request_does_not_wait_out_the_batch_timeout(env):

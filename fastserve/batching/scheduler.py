@@ -202,6 +202,14 @@ class BatchQueue:
             retry_after=max(1, retry),
         )
 
+    def refusal_now(self, priority: int) -> ServingError | None:
+        """The refusal any request at this priority gets now (its level cannot take one more
+        row), else None: for transports that can refuse before decoding a request."""
+        level = self._levels[self.config.level(priority) - 1]
+        if self._closed or level.queue.rows < level.queue.max_rows:
+            return None
+        return self._refusal(level, 1)
+
     def _queued_rows(self) -> int:
         return sum(level.queue.rows for level in self._levels)
 
@@ -567,6 +575,12 @@ class Scheduler:
             return queue
         config = self._batching.get(handle.name)
         return None if config is None or not signature.batchable else self._open(handle.servable, signature, config)
+
+    def refusal_on_arrival(self, handle: ServableHandle, signature: Signature, priority: int) -> ServingError | None:
+        """The refusal a request for this version x signature at this priority gets now, or None
+        (also where its queue is not open yet)."""
+        queue = self._queues.get((handle.servable, signature.key))
+        return queue.refusal_now(priority) if queue is not None else None
 
     def _open(self, servable: ServableVersion, signature: Signature, config: BatchingConfig) -> BatchQueue:
         with self._lock:

@@ -30,7 +30,7 @@ from fastserve.pipeline.cache import ResponseCache, ResponseCaches
 from fastserve.pipeline.call import InferenceCall
 from fastserve.pipeline.member import cancelled, expired
 from fastserve.servables.registry import Registry, ServableHandle
-from fastserve.servables.signature import Signature
+from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,28 @@ class Pipeline:
                     handle.servable.release()  # each queued task holds the version itself
         for loading, waiters in waiting.items():
             self._wait_for_load(loading, waiters)
+
+    def refused_on_arrival(self, model: str, version: int | None, label: str | None, api: str, priority: int,
+                           started: float) -> ServingError | None:
+        """The refusal of a request for the default signature of a model version whose queue at
+        `priority` is full, decided before the request is decoded (counted here as the pipeline
+        counts a refusal; the transport counts the request), or None: decode and submit it.
+        Never where a response cache could answer it from outside the queue."""
+        try:
+            handle = self._registry.lookup(model, version, label)
+        except ServingError:
+            return None  # the request's own error, or an on-demand model: the full path says
+        try:
+            signature = handle.model.signatures.get(DEFAULT_SIGNATURE)
+            if signature is None or self._caches.get(handle.name) is not None:
+                return None
+            error = self._scheduler.refusal_on_arrival(handle, signature, priority)
+            if error is not None:
+                metrics.model_series(handle.name, handle.version, signature.key, api).count(error.code, 1)
+                statistics.requests_done(handle.name, handle.version, [], [time.perf_counter() - started], 0)
+            return error
+        finally:
+            handle.servable.release()
 
     def _resolve(self, spec: tuple, load: bool) -> ServableHandle | ServingError | Future:
         """The version a spec names, the error that answers it, or the load of its on-demand model."""

@@ -20,7 +20,7 @@ from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2
 
 from fastserve.codec import json_example, json_tensor
 from fastserve.errors import ServingError, invalid_argument, not_found
-from fastserve.pipeline.call import InferenceCall
+from fastserve.pipeline.call import PREDICT, InferenceCall
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import DEFAULT_SIGNATURE, Signature
 from fastserve.services.example_inference import CLASSIFY, REGRESS, ExampleCall
@@ -30,6 +30,7 @@ from fastserve.services.rest_messages import Request, Response
 
 _POST_RE = re.compile(r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.I)
 _GET_RE = re.compile(r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.I)
+_VERB_API = {"predict": PREDICT, "classify": CLASSIFY.api, "regress": REGRESS.api}  # the metrics' API labels
 
 
 def _proto_json(message) -> dict:
@@ -90,6 +91,17 @@ class RestV1:
                 spec = _model_spec(name, version, label)
                 return self._metadata(spec) if metadata else self._status(spec)
         raise invalid_argument(f"Malformed request: {request.method} {path}")
+
+    @staticmethod
+    def target(request: Request) -> tuple[str, int | None, str | None, str] | None:
+        """(model, version, label, API) of a predict, classify or regress request, read from its
+        path alone; None for any other request."""
+        match = _POST_RE.fullmatch(request.path) if request.method == "POST" else None
+        if match is None:
+            return None
+        name, version, label, verb = match.groups()
+        return (unquote(name), int(version) if version is not None else None, unquote(label) if label is not None else None,
+                _VERB_API[verb.lower()])
 
     async def _status(self, spec: model_pb2.ModelSpec) -> Response:
         request = get_model_status_pb2.GetModelStatusRequest(model_spec=spec)

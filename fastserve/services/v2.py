@@ -42,7 +42,7 @@ class V2Call(InferenceCall):
 
     def __init__(self, model: str, version: str, request_id: str, inputs: dict[str, np.ndarray], outputs: list[str],
                  signature_name: str, shm_outputs: dict[str, shared_memory.Placement], priority: int = 0):
-        super().__init__(model, _version_number(version), None, signature_name or DEFAULT_SIGNATURE, outputs)
+        super().__init__(model, version_number(version), None, signature_name or DEFAULT_SIGNATURE, outputs)
         self.priority = priority  # the request's parameters.priority, as Triton's
         self.id = request_id
         self._decoded = inputs
@@ -170,10 +170,10 @@ class V2Service:
         await asyncio.get_running_loop().run_in_executor(None, self.model_repository().unload, name)
 
     def lookup(self, name: str, version: str) -> ServableHandle:
-        return self._registry.lookup(name, _version_number(version))
+        return self._registry.lookup(name, version_number(version))
 
     def model_ready(self, name: str, version: str) -> bool:
-        return self.health.model_ready(name, _version_number(version))
+        return self.health.model_ready(name, version_number(version))
 
     def model_metadata(self, name: str, version: str) -> dict:
         with self.lookup(name, version) as handle:
@@ -297,7 +297,7 @@ def _plain(parameters) -> dict:
     return {key: getattr(value, value.WhichOneof("parameter_choice") or "string_param") for key, value in parameters.items()}
 
 
-def _version_number(version: str) -> int | None:
+def version_number(version: str) -> int | None:
     if not version:
         return None
     if not (version.isascii() and version.isdigit() and len(version) <= 18):  # int64, as TF Serving's versions

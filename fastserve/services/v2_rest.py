@@ -28,11 +28,11 @@ import orjson
 
 from fastserve import shared_memory
 from fastserve.codec import json_tensor, v2 as v2_codec
-from fastserve.errors import invalid_argument, not_found
+from fastserve.errors import ServingError, invalid_argument, not_found
 from fastserve.pipeline.member import priority_level
 from fastserve.servables.registry import ServableHandle
 from fastserve.servables.signature import Signature
-from fastserve.services.v2 import V2Call, V2Service
+from fastserve.services.v2 import V2Call, V2Service, version_number
 from fastserve.services.rest_messages import Request, Response
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -73,6 +73,19 @@ class V2Rest:
         if method == "POST" and match is not None and match.group(3) == "infer":
             return RestV2Call(unquote(match.group(1)), unquote(match.group(2) or ""), request)
         return self._plain(request)
+
+    @staticmethod
+    def target(request: Request) -> tuple[str, int | None, None, str] | None:
+        """(model, version, label, API) of an infer request, read from its path alone; None for
+        any other request (or a version that is not a number: decoding it says so)."""
+        match = _MODEL_RE.fullmatch(request.path.rstrip("/")) if request.method == "POST" else None
+        if match is None or match.group(3) != "infer":
+            return None
+        try:
+            version = version_number(unquote(match.group(2) or ""))
+        except ServingError:
+            return None
+        return unquote(match.group(1)), version, None, RestV2Call.api
 
     async def _plain(self, request: Request) -> Response:
         path, method = request.path.rstrip("/") or "/", request.method

@@ -70,8 +70,12 @@ class RestApp:
             surface = TokenAuth.rest_surface(request.path) if self._auth is not None else "open"
             if self._auth is not None and surface != "open":
                 self._auth.check(request.headers.get("authorization"), surface == "admin")
-            routed = self._route(request)
             priority = request.headers.get(PRIORITY_KEY)
+            refusal = self._refused_on_arrival(request, priority, started) if priority is not None else None
+            if refusal is not None:
+                self._record(request, refusal.code, started)
+                return _done(serving_error_response(refusal))
+            routed = self._route(request)
             if priority is not None and isinstance(routed, InferenceCall) and not routed.priority:
                 routed.priority = priority_level(priority)  # (the request's own parameters.priority comes first)
         except Exception as exc:  # noqa: BLE001 - a request that breaks decoding fails alone
@@ -89,6 +93,21 @@ class RestApp:
         if self._v2 is not None and (path == "/v2" or path.startswith("/v2/")):
             return self._v2.route(request)
         return self._v1.route(request)
+
+    def _refused_on_arrival(self, request: Request, priority: str, started: float) -> ServingError | None:
+        """The refusal of an inference request whose queue is full at its priority level, decided
+        before its body is decoded: under overload, decoding the requests that will be refused
+        is what would keep the event loop from the others. Only where the body cannot change
+        the answer: it names neither a signature nor a priority of its own."""
+        body = request.body
+        if b'"signature_name"' in body or b'"priority"' in body:
+            return None
+        router = self._v2 if self._v2 is not None and request.path.startswith("/v2/") else self._v1
+        target: tuple[str, int | None, str | None, str] | None = router.target(request)
+        if target is None:
+            return None
+        model, version, label, api = target
+        return self._pipeline.refused_on_arrival(model, version, label, api, priority_level(priority), started)
 
     # ------------------------------------------------------------ inference calls
 
