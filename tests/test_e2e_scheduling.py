@@ -1,7 +1,9 @@
 """End to end: priorities and queue policies, the latency target and the response cache in
 the real server, over REST (TF Serving and V2) and gRPC (TF Serving and V2)."""
 import concurrent.futures
+import json
 import re
+import socket
 import time
 
 import grpc
@@ -131,6 +133,30 @@ def test_a_full_level_is_refused_at_once_on_every_api_while_a_higher_level_is_se
     assert v2_grpc_refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert bad.status_code == 400 and "priority must be a non-negative integer" in bad.json()["error"]
     assert metric(server, "fastserve_rejected_requests_total", reason="max_queue_size") >= 7
+
+
+def test_requests_read_together_count_those_ahead_of_them_before_decoding(env):
+    """Two priority-2 requests in one read: the first takes the level's one row (not queued yet
+    when the second is read), so the second is refused unread, even with a truncated body."""
+    server, _, _ = env
+    head = "POST /v1/models/busy:predict HTTP/1.1\r\nHost: x\r\nFastserve-Priority: 2\r\nContent-Type: application/json\r\n"
+    first = json.dumps(busy_body(0, 4.0)).encode()
+    second = b'{"inputs": {"x": [[1.0]], "seconds": [0'
+    wire = b"".join(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body for body in (first, second))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        holder = pool.submit(rest_predict, server, "busy", busy_body(1.0))  # level 1 holds the model for 1 s
+        time.sleep(0.3)
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=30) as connection:
+            connection.sendall(wire)
+            replies = b""
+            while replies.count(b"HTTP/1.1 ") < 2 or not replies.endswith(b"}"):
+                chunk = connection.recv(65536)
+                assert chunk, replies
+                replies += chunk
+        assert holder.result().status_code == 200
+    answered, refused = replies.split(b"HTTP/1.1 ")[1:]
+    assert answered.startswith(b"200") and b'"outputs":[[4.0]]' in answered.replace(b" ", b"")
+    assert refused.startswith(b"429") and b"max_queue_size" in refused
 
 
 def test_with_a_latency_target_a_lone_request_does_not_wait_out_the_batch_timeout(env):

@@ -202,11 +202,12 @@ class BatchQueue:
             retry_after=max(1, retry),
         )
 
-    def refusal_now(self, priority: int) -> ServingError | None:
-        """The refusal any request at this priority gets now (its level cannot take one more
-        row), else None: for transports that can refuse before decoding a request."""
+    def refusal_now(self, priority: int, ahead: int) -> ServingError | None:
+        """The refusal any request at this priority gets now, with `ahead` rows on their way to
+        its level (it cannot take one more row), else None: for transports that can refuse
+        before decoding a request."""
         level = self._levels[self.config.level(priority) - 1]
-        if self._closed or level.queue.rows < level.queue.max_rows:
+        if self._closed or level.queue.rows + ahead < level.queue.max_rows:
             return None
         return self._refusal(level, 1)
 
@@ -576,11 +577,11 @@ class Scheduler:
         config = self._batching.get(handle.name)
         return None if config is None or not signature.batchable else self._open(handle.servable, signature, config)
 
-    def refusal_on_arrival(self, handle: ServableHandle, signature: Signature, priority: int) -> ServingError | None:
-        """The refusal a request for this version x signature at this priority gets now, or None
-        (also where its queue is not open yet)."""
+    def refusal_on_arrival(self, handle: ServableHandle, signature: Signature, priority: int, ahead: int) -> ServingError | None:
+        """The refusal a request for this version x signature at this priority gets now, with
+        `ahead` rows on their way to its level, or None (also where its queue is not open yet)."""
         queue = self._queues.get((handle.servable, signature.key))
-        return queue.refusal_now(priority) if queue is not None else None
+        return queue.refusal_now(priority, ahead) if queue is not None else None
 
     def _open(self, servable: ServableVersion, signature: Signature, config: BatchingConfig) -> BatchQueue:
         with self._lock:

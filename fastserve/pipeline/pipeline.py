@@ -88,12 +88,13 @@ class Pipeline:
         for loading, waiters in waiting.items():
             self._wait_for_load(loading, waiters)
 
-    def refused_on_arrival(self, model: str, version: int | None, label: str | None, api: str, priority: int,
-                           started: float) -> ServingError | None:
+    def refused_on_arrival(self, model: str, version: int | None, label: str | None, api: str, priority: int, *,
+                           ahead: int, started: float) -> ServingError | None:
         """The refusal of a request for the default signature of a model version whose queue at
-        `priority` is full, decided before the request is decoded (counted here as the pipeline
-        counts a refusal; the transport counts the request), or None: decode and submit it.
-        Never where a response cache could answer it from outside the queue."""
+        `priority` is full, counting `ahead` requests for it that arrived before and are not
+        queued yet as a row each, decided before the request is decoded (counted here as the
+        pipeline counts a refusal; the transport counts the request), or None: decode and submit
+        it. Never where a response cache could answer it from outside the queue."""
         try:
             handle = self._registry.lookup(model, version, label)
         except ServingError:
@@ -102,7 +103,7 @@ class Pipeline:
             signature = handle.model.signatures.get(DEFAULT_SIGNATURE)
             if signature is None or self._caches.get(handle.name) is not None:
                 return None
-            error = self._scheduler.refusal_on_arrival(handle, signature, priority)
+            error = self._scheduler.refusal_on_arrival(handle, signature, priority, ahead)
             if error is not None:
                 metrics.model_series(handle.name, handle.version, signature.key, api).count(error.code, 1)
                 statistics.requests_done(handle.name, handle.version, [], [time.perf_counter() - started], 0)

@@ -59,6 +59,7 @@ class RestApp:
         self._metrics_paths = (metrics_path, "/metrics")
         self._pending: list[InferenceCall] = []  # this loop iteration's inference calls
         self._waiting: dict[asyncio.Future, InferenceCall] = {}  # by response: calls not answered yet
+        self._ahead: dict[tuple, int] = {}  # _early_target -> this iteration's calls for it, not queued yet
 
     def __call__(self, request: Request) -> Awaitable[Response]:
         if request.method == "GET" and request.path in self._metrics_paths:
@@ -71,10 +72,12 @@ class RestApp:
             if self._auth is not None and surface != "open":
                 self._auth.check(request.headers.get("authorization"), surface == "admin")
             priority = request.headers.get(PRIORITY_KEY)
-            refusal = self._refused_on_arrival(request, priority, started) if priority is not None else None
-            if refusal is not None:
-                self._record(request, refusal.code, started)
-                return _done(serving_error_response(refusal))
+            early = self._early_target(request, priority) if priority is not None else None
+            if early is not None:
+                refusal = self._pipeline.refused_on_arrival(*early, ahead=self._ahead.get(early, 0), started=started)
+                if refusal is not None:
+                    self._record(request, refusal.code, started)
+                    return _done(serving_error_response(refusal))
             routed = self._route(request)
             if priority is not None and isinstance(routed, InferenceCall) and not routed.priority:
                 routed.priority = priority_level(priority)  # (the request's own parameters.priority comes first)
@@ -85,6 +88,8 @@ class RestApp:
             self._record(request, error.code, started)
             return _done(serving_error_response(error))
         if isinstance(routed, InferenceCall):
+            if early is not None:  # ahead of the next one for its queue until this iteration's calls are submitted
+                self._ahead[early] = self._ahead.get(early, 0) + 1
             return self._submit(routed, started, deadline, request.headers)
         return self._serve(request, routed, started)
 
@@ -94,20 +99,17 @@ class RestApp:
             return self._v2.route(request)
         return self._v1.route(request)
 
-    def _refused_on_arrival(self, request: Request, priority: str, started: float) -> ServingError | None:
-        """The refusal of an inference request whose queue is full at its priority level, decided
-        before its body is decoded: under overload, decoding the requests that will be refused
-        is what would keep the event loop from the others. Only where the body cannot change
-        the answer: it names neither a signature nor a priority of its own."""
+    def _early_target(self, request: Request, priority: str) -> tuple[str, int | None, str | None, str, int] | None:
+        """(model, version, label, API, priority) of an inference request that can be refused
+        before its body is decoded when its queue is full at its priority level (under overload,
+        decoding the requests that will be refused is what keeps the event loop from the others);
+        None where the body could change the answer: it names a signature or a priority."""
         body = request.body
         if b'"signature_name"' in body or b'"priority"' in body:
             return None
         router = self._v2 if self._v2 is not None and request.path.startswith("/v2/") else self._v1
         target: tuple[str, int | None, str | None, str] | None = router.target(request)
-        if target is None:
-            return None
-        model, version, label, api = target
-        return self._pipeline.refused_on_arrival(model, version, label, api, priority_level(priority), started)
+        return None if target is None else (*target, priority_level(priority))
 
     # ------------------------------------------------------------ inference calls
 
@@ -130,6 +132,7 @@ class RestApp:
     def _flush(self) -> None:
         """This loop iteration's calls to the pipeline, with one timer for their deadline."""
         pending, self._pending = self._pending, []
+        self._ahead.clear()
         if self._timeout is not None:
             last = pending[-1].deadline  # the latest: they arrived in order
             assert last is not None  # from the timeout
