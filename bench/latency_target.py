@@ -7,13 +7,16 @@ One server serves each model eight times: without batching, with batch_timeout_m
 bench/run.py). For REST and gRPC:
 
 1. one client, closed loop: the target's latency against no batching (the claim: within 1.2x),
-   in ROUNDS alternating rounds of a second or more each, the ratio being the median of the
-   rounds' p50 ratios (the host's noise moves a lone client's p50 by up to 2x within a minute);
+   the ratio being the median of the rounds' p50 ratios;
 2. capacity: the most requests/s any configuration reaches closed loop (gRPC 64 connections
    x 8 calls, REST 256 connections);
 3. open loop at 25, 50, 75 and 90% of that capacity (h2load --rps; see OPEN): p99 and achieved
    requests/s of every configuration (the claim: with the target, p99 <= 10 ms wherever a
    fixed timeout meets it, and throughput at least the best fixed timeout's).
+
+Points of 1 and 3 run in ROUNDS rounds, the configurations in turn, each for 2/ROUNDS of
+--seconds, and report the medians of their rounds: this host's noise moves a single point
+by 2x within minutes, which one pass would take for a difference between configurations.
 """
 import argparse
 import json
@@ -34,7 +37,7 @@ TARGET_MS = 10
 OPEN = {"grpc": (8, 64), "rest": (64, 1)}
 TIMEOUTS_US = (0, 500, 1000, 2000, 5000, 10000)
 FRACTIONS = (0.25, 0.5, 0.75, 0.9)
-ROUNDS = 5
+ROUNDS = 3
 
 
 def configurations(model: str) -> dict[str, dict | None]:
@@ -63,16 +66,35 @@ def point(server: FastserveProcess, model: str, served: str, protocol: str, seco
     return run_h2load(url, body, headers, connections, seconds, workdir, streams, rate=rate, h1=protocol == "rest")
 
 
+def in_rounds(run, names: list[str]) -> list[dict]:
+    """ROUNDS rounds of run(name) for each name in turn (who goes first rotates): [{name: result}]."""
+    rounds = []
+    for r in range(ROUNDS):
+        order = names[r % len(names):] + names[:r % len(names)]
+        rounds.append({name: run(name) for name in order})
+    return rounds
+
+
+def medians(rounds: list[dict], name: str, keys: tuple[str, ...]) -> dict:
+    return {key: statistics.median(r[name][key] for r in rounds) for key in keys}
+
+
 def one_client(server: FastserveProcess, model: str, protocol: str, seconds: float, workdir: Path) -> dict:
     """A lone closed-loop client, no batching and the target in turn: the medians of the rounds'
     p50 and p99 for each, and the median of the rounds' p50 ratios."""
-    rounds = [{kind: point(server, model, f"{model}_{kind}", protocol, seconds, workdir, 1, 1) for kind in ("nobatch", "target")}
-              for _ in range(ROUNDS)]
-    result: dict = {kind: {key: statistics.median(r[kind][key] for r in rounds) for key in ("p50_ms", "p99_ms")}
-                    for kind in ("nobatch", "target")}
+    rounds = in_rounds(lambda kind: point(server, model, f"{model}_{kind}", protocol, seconds, workdir, 1, 1), ["nobatch", "target"])
+    result: dict = {kind: medians(rounds, kind, ("p50_ms", "p99_ms")) for kind in ("nobatch", "target")}
     result["ratio"] = statistics.median(r["target"]["p50_ms"] / r["nobatch"]["p50_ms"] for r in rounds)
     result["rounds"] = rounds
     return result
+
+
+def open_loop(server: FastserveProcess, model: str, protocol: str, served: list[str], rate: float, seconds: float,
+              workdir: Path) -> dict:
+    """Each configuration at `rate`, in turn: the medians of the rounds' p99 and achieved rate."""
+    rounds = in_rounds(lambda name: point(server, model, name, protocol, seconds, workdir, *OPEN[protocol], rate), served)
+    return {name: {**medians(rounds, name, ("p99_ms", "requests_per_s")), "rounds": [r[name] for r in rounds]}
+            for name in served}
 
 
 def main(argv=None) -> int:
@@ -88,6 +110,7 @@ def main(argv=None) -> int:
     cache = Path(args.cache or REPO / "bench" / "results" / "models").resolve()
     names, protocols = args.models.split(","), args.protocols.split(",")
     ensure_exported(cache, names)
+    rounds_seconds = max(1.0, args.seconds * 2 / ROUNDS)  # a round's point: twice a point's time over the rounds
     results = []
     for model in names:
         with tempfile.TemporaryDirectory() as tmp:
@@ -96,7 +119,7 @@ def main(argv=None) -> int:
             try:
                 for protocol in protocols:
                     configs = configurations(model)
-                    single = one_client(server, model, protocol, max(1.0, args.seconds * 2 / ROUNDS), work)
+                    single = one_client(server, model, protocol, rounds_seconds, work)
                     connections, streams = OPEN_LOOP[protocol]
                     closed = {served: point(server, model, served, protocol, args.seconds, work, connections, streams)
                               for served in configs}
@@ -106,11 +129,10 @@ def main(argv=None) -> int:
                     print(f"{model} {protocol}: one client p50 {single['target']['p50_ms']:.2f} ms with the target, "
                           f"{single['nobatch']['p50_ms']:.2f} ms unbatched ({single['ratio']:.2f}x); capacity {capacity:,.0f}/s",
                           flush=True)
+                    batched = [served for served in configs if not served.endswith("_nobatch")]
                     for fraction in FRACTIONS:
-                        row["open"][fraction] = {
-                            served: point(server, model, served, protocol, args.seconds, work, *OPEN[protocol], fraction * capacity)
-                            for served in configs if not served.endswith("_nobatch")
-                        }
+                        row["open"][fraction] = open_loop(server, model, protocol, batched, fraction * capacity, rounds_seconds,
+                                                          work)
                         print(f"  {fraction:.0%}: " + ", ".join(f"{s.split('_')[-1]} p99 {r['p99_ms']:.1f}"
                                                                for s, r in row["open"][fraction].items()), flush=True)
                     results.append(row)
