@@ -94,10 +94,11 @@ class RestApp:
         return self._serve(request, routed, started)
 
     def _route(self, request: Request):
-        path = request.path
-        if self._v2 is not None and (path == "/v2" or path.startswith("/v2/")):
-            return self._v2.route(request)
-        return self._v1.route(request)
+        return self._router(request.path).route(request)
+
+    def _router(self, path: str):
+        """The service whose REST routes a path belongs to: V2's (/v2) or TF Serving's."""
+        return self._v2 if self._v2 is not None and (path == "/v2" or path.startswith("/v2/")) else self._v1
 
     def _early_target(self, request: Request, priority: str) -> tuple[str, int | None, str | None, str, int] | None:
         """(model, version, label, API, priority) of an inference request that can be refused
@@ -107,8 +108,7 @@ class RestApp:
         body = request.body
         if b'"signature_name"' in body or b'"priority"' in body:
             return None
-        router = self._v2 if self._v2 is not None and request.path.startswith("/v2/") else self._v1
-        target: tuple[str, int | None, str | None, str] | None = router.target(request)
+        target: tuple[str, int | None, str | None, str] | None = self._router(request.path).target(request)
         return None if target is None else (*target, priority_level(priority))
 
     # ------------------------------------------------------------ inference calls
