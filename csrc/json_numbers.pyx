@@ -161,68 +161,62 @@ cdef int _grow(_Parser* s) noexcept nogil:
     return 0
 
 
+cdef inline const char* _fraction(const char* p, const char* end, uint64_t* mantissa) noexcept nogil:
+    """Past the digits at p, eight at a time while eight follow, adding each to the mantissa
+    (modulo 2^64: the caller uses it only when it has at most 19 significant digits)."""
+    cdef int64_t eight
+    while end - p >= 8:
+        eight = fs_eight_digits(p)
+        if eight < 0:
+            break
+        mantissa[0] = mantissa[0] * 100000000 + <uint64_t> eight
+        p += 8
+    while _digit(p[0]):
+        mantissa[0] = mantissa[0] * 10 + <uint64_t> (p[0] - c'0')
+        p += 1
+    return p
+
+
 cdef int _number(_Parser* s) noexcept nogil:
     """One JSON number (RFC 8259 grammar) at s.p; -1 when there is none."""
     cdef const char* start = s.p
     cdef const char* p = s.p
+    cdef const char* digits
     cdef bint negative = p[0] == b'-'
     cdef bint integer = True
-    cdef uint64_t mantissa = 0    # the significant digits, while there are at most 19
-    cdef int significant = 0
-    cdef int integer_digits = 0
+    cdef uint64_t mantissa = 0    # the digits' value, exact while there are at most 19 significant ones
+    cdef Py_ssize_t integer_digits, fraction_digits = 0, significant
     cdef int exponent = 0         # of ten, applied to the mantissa
     cdef int written_exponent = 0
     cdef bint exponent_negative = False
     cdef double value
     cdef char* end
-    cdef int64_t eight
     if negative:
         p += 1
+    digits = p
     if p[0] == b'0':
         p += 1
-        integer_digits = 1
     elif b'1' <= p[0] <= b'9':
-        while _digit(p[0]):
-            if significant <= 11 and s.end - p >= 8:  # eight digits at once while they fit in 19
-                eight = fs_eight_digits(p)
-                if eight >= 0:
-                    mantissa = mantissa * 100000000 + <uint64_t> eight
-                    significant += 8
-                    integer_digits += 8
-                    p += 8
-                    continue
-            if significant < 19:
-                mantissa = mantissa * 10 + <uint64_t> (p[0] - c'0')
-            else:
-                exponent += 1
-            significant += 1
-            integer_digits += 1
-            p += 1
+        p = _fraction(p, s.end, &mantissa)
     else:
         return -1
+    integer_digits = p - digits
     if p[0] == b'.':
         p += 1
-        if not _digit(p[0]):
+        digits = p
+        p = _fraction(p, s.end, &mantissa)
+        fraction_digits = p - digits
+        if fraction_digits == 0:
             return -1
-        while _digit(p[0]):
-            if mantissa != 0 and significant <= 11 and s.end - p >= 8:  # as in the integer part
-                eight = fs_eight_digits(p)
-                if eight >= 0:
-                    mantissa = mantissa * 100000000 + <uint64_t> eight
-                    exponent -= 8
-                    significant += 8
-                    p += 8
-                    continue
-            if mantissa == 0 and p[0] == b'0':
-                exponent -= 1  # a leading zero of the fraction is not significant
-            elif significant < 19:
-                mantissa = mantissa * 10 + <uint64_t> (p[0] - c'0')
-                exponent -= 1
-                significant += 1
-            else:
-                significant += 1
-            p += 1
+        exponent = -<int> fraction_digits if fraction_digits < 100000 else -100000
         integer = False
+    significant = integer_digits + fraction_digits
+    if significant > 19:  # leading zeros ("0.000123") are not significant
+        digits = start + negative
+        while digits[0] == b'0' or digits[0] == b'.':
+            if digits[0] == b'0':
+                significant -= 1
+            digits += 1
     if p[0] == b'e' or p[0] == b'E':
         p += 1
         if p[0] == b'+' or p[0] == b'-':
@@ -244,13 +238,17 @@ cdef int _number(_Parser* s) noexcept nogil:
         s.integers[s.count] = -<int64_t> mantissa if negative else <int64_t> mantissa
         s.values[s.count] = <double> s.integers[s.count]
     else:
-        if mantissa == 0:
+        if significant > 19:
+            value = strtod(start + negative, &end)
+            if end != p:
+                return -1
+        elif mantissa == 0:
             value = 0.0
-        elif significant <= 19 and mantissa <= (<uint64_t> 1 << 53) and -22 <= exponent <= 22:
+        elif mantissa <= (<uint64_t> 1 << 53) and -22 <= exponent <= 22:
             # Both operands are exact doubles: one correctly rounded operation.
             value = <double> mantissa
             value = value * _POWERS_OF_TEN[exponent] if exponent >= 0 else value / _POWERS_OF_TEN[-exponent]
-        elif significant > 19 or _eisel_lemire(mantissa, exponent, &value) < 0:
+        elif _eisel_lemire(mantissa, exponent, &value) < 0:
             value = strtod(start + negative, &end)
             if end != p:
                 return -1

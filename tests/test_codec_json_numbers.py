@@ -58,6 +58,18 @@ def test_numbers_are_read_exactly_as_a_json_parser_and_numpy_read_them():
         assert_same(parse_numeric_request(body)[3], reference(body, "instances"))
 
 
+@pytest.mark.parametrize("text", [
+    "18446744073709551616.0", "36893488147419103232e0",  # 2^64, 2^65: more than 19 digits, 0 modulo 2^64
+    "0.00000000000000000000001234567890123456789",      # 19 significant digits after 22 zeros
+    "0.12345678901234567890", "1234567890123456789.5",  # 20 significant digits
+    "0.000000000000000000000000", "-0.0", "-0.0000000000000000000000e5",
+    "9007199254740993.0", "0.1e-400", "123456789012345678e-5", "0.5394828319549561",
+])
+def test_edge_numbers_are_read_exactly(text):
+    body = ('{"instances": [' + text + "]}").encode()
+    assert_same(parse_numeric_request(body)[3], reference(body, "instances"))
+
+
 @st.composite
 def numeric_bodies(draw):
     shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=4))
