@@ -6,7 +6,8 @@
 Most :predict bodies are {"instances": <nested array of numbers>}, {"inputs": <nested
 array>} or {"inputs": {"<input name>": <nested array>}}, perhaps with a "signature_name". A general JSON parser makes a Python object of every number
 first (a 224x224x3 image: 150,000 of them, ~35 ms in orjson, then ~15 ms for numpy to
-read them back); this reads the numbers into one buffer in a single pass.
+read them back); this reads the numbers into one buffer in a single pass, and that
+buffer becomes the array.
 
 It takes only those shapes of body: one JSON object whose members are "signature_name" (a
 string without escapes) and one of "instances"/"inputs" holding a non-empty rectangular
@@ -23,10 +24,13 @@ wherever that method cannot decide, C's strtod.
 """
 from libc.math cimport isfinite
 from libc.stdint cimport int64_t, uint64_t
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from libc.stdlib cimport free, realloc, strtod
 from libc.string cimport memcpy
 
-import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -125,11 +129,15 @@ cdef double[23] _POWERS_OF_TEN = [
 ]
 
 
+cdef union _Slot:  # one number: an int64 while every number so far is an integer, else a double
+    int64_t integer
+    double value
+
+
 cdef struct _Parser:
     const char* p
     const char* end               # the body's end (a NUL follows it)
-    double* values
-    int64_t* integers
+    _Slot* slots
     Py_ssize_t count
     Py_ssize_t capacity
     bint all_integers
@@ -147,18 +155,17 @@ cdef inline bint _digit(char c) noexcept nogil:
     return b'0' <= c <= b'9'
 
 
-cdef int _grow(_Parser* s) noexcept nogil:
-    cdef Py_ssize_t capacity = s.capacity * 2 if s.capacity else 1024
-    cdef double* values = <double*> realloc(s.values, capacity * sizeof(double))
-    if values == NULL:
+cdef int _grow(_Parser* s, Py_ssize_t capacity) noexcept nogil:
+    cdef _Slot* slots = <_Slot*> realloc(s.slots, capacity * sizeof(_Slot))
+    if slots == NULL:
         return -1
-    s.values = values
-    cdef int64_t* integers = <int64_t*> realloc(s.integers, capacity * sizeof(int64_t))
-    if integers == NULL:
-        return -1
-    s.integers = integers
+    s.slots = slots
     s.capacity = capacity
     return 0
+
+
+cdef void _free_slots(object capsule) noexcept:
+    free(PyCapsule_GetPointer(capsule, NULL))
 
 
 cdef inline const char* _fraction(const char* p, const char* end, uint64_t* mantissa) noexcept nogil:
@@ -190,6 +197,8 @@ cdef int _number(_Parser* s) noexcept nogil:
     cdef int written_exponent = 0
     cdef bint exponent_negative = False
     cdef double value
+    cdef int64_t whole
+    cdef Py_ssize_t i
     cdef char* end
     if negative:
         p += 1
@@ -232,11 +241,14 @@ cdef int _number(_Parser* s) noexcept nogil:
         integer = False
     if integer and integer_digits > 18:
         return -1  # may not fit in int64: the general parser decides
-    if s.count == s.capacity and _grow(s) < 0:
+    if s.count == s.capacity and _grow(s, s.capacity * 2) < 0:
         return -1
-    if integer:  # an int, as a JSON parser reads it; numpy converts it if the array is float
-        s.integers[s.count] = -<int64_t> mantissa if negative else <int64_t> mantissa
-        s.values[s.count] = <double> s.integers[s.count]
+    if integer:  # an int, as a JSON parser reads it; a double (as numpy converts it) once a float was seen
+        whole = -<int64_t> mantissa if negative else <int64_t> mantissa
+        if s.all_integers:
+            s.slots[s.count].integer = whole
+        else:
+            s.slots[s.count].value = <double> whole
     else:
         if significant > 19:
             value = strtod(start + negative, &end)
@@ -256,8 +268,11 @@ cdef int _number(_Parser* s) noexcept nogil:
             value = -value
         if not isfinite(value):
             return -1
-        s.values[s.count] = value
-        s.all_integers = False
+        if s.all_integers:  # the first float: the integers before it become doubles too
+            for i in range(s.count):
+                s.slots[i].value = <double> s.slots[i].integer
+            s.all_integers = False
+        s.slots[s.count].value = value
     s.count += 1
     s.p = p
     return 0
@@ -346,12 +361,10 @@ def parse_numeric_request(bytes body):
     cdef const char* key
     cdef Py_ssize_t length
     cdef int i, more
-    cdef int64_t[::1] integer_view
-    cdef double[::1] value_view
+    cdef cnp.npy_intp count
     s.p = body  # CPython keeps a NUL after every bytes object: every scan stops there at the latest
     s.end = s.p + len(body)
-    s.values = NULL
-    s.integers = NULL
+    s.slots = NULL
     s.count = 0
     s.capacity = 0
     s.all_integers = True
@@ -361,6 +374,9 @@ def parse_numeric_request(bytes body):
     signature_name = None
     tensor_key = None
     input_name = None
+    # room for the numbers of a body of 17-digit floats, or 1024 (it grows as needed)
+    if _grow(&s, max(1024, len(body) // 20)) < 0:
+        raise MemoryError()
     try:
         _skip_space(&s)
         if s.p[0] != b'{':
@@ -403,15 +419,12 @@ def parse_numeric_request(bytes body):
         if tensor_key is None or s.p != s.end:
             return None
         shape = tuple([s.shape[i] for i in range(s.ndim)])
-        if s.all_integers:
-            integers = np.empty(s.count, np.int64)
-            integer_view = integers
-            memcpy(&integer_view[0], s.integers, s.count * sizeof(int64_t))
-            return signature_name, tensor_key, input_name, integers.reshape(shape)
-        values = np.empty(s.count, np.float64)
-        value_view = values
-        memcpy(&value_view[0], s.values, s.count * sizeof(double))
-        return signature_name, tensor_key, input_name, values.reshape(shape)
+        _grow(&s, s.count)  # (shrinking in place)
+        count = s.count
+        # the array takes the numbers' buffer (no copy); the capsule frees it with the array
+        array = cnp.PyArray_SimpleNewFromData(1, &count, cnp.NPY_INT64 if s.all_integers else cnp.NPY_FLOAT64, s.slots)
+        cnp.set_array_base(array, PyCapsule_New(s.slots, NULL, _free_slots))
+        s.slots = NULL
+        return signature_name, tensor_key, input_name, array.reshape(shape)
     finally:
-        free(s.values)
-        free(s.integers)
+        free(s.slots)

@@ -64,6 +64,7 @@ def test_numbers_are_read_exactly_as_a_json_parser_and_numpy_read_them():
     "0.12345678901234567890", "1234567890123456789.5",  # 20 significant digits
     "0.000000000000000000000000", "-0.0", "-0.0000000000000000000000e5",
     "9007199254740993.0", "0.1e-400", "123456789012345678e-5", "0.5394828319549561",
+    "-0, 1.5", "1.5, -0", "3, -9007199254740993, 2.5, -7",  # integers before and after the first float
 ])
 def test_edge_numbers_are_read_exactly(text):
     body = ('{"instances": [' + text + "]}").encode()
