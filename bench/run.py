@@ -371,8 +371,10 @@ class Row:
 
 def sweep(servers: dict, names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
     """Every point against each server in turn ({label suffix: server}: "" for this checkout,
-    "@baseline" for the other, "@pytriton", "@ceiling"), so that they share the machine's moods."""
-    results = []
+    "@baseline" for the other, "@pytriton", "@ceiling"), so that they share the machine's moods.
+    Another server that fails a point is left out from there on (said, with its log), and the
+    run goes on."""
+    results, failed = [], set()
     for name in names:
         model = MODELS[name]
         seconds = max(default_seconds, model.min_seconds)
@@ -384,11 +386,19 @@ def sweep(servers: dict, names, protocols, default_seconds: float, workdir: Path
                     points += list(model.grpc_multiplexed)
                 for concurrency, streams in points:
                     for suffix, server in servers.items():
-                        load = server.load(model, served, batching, protocol, rows_per_request)
+                        load = server.load(model, served, batching, protocol, rows_per_request) if suffix not in failed else None
                         if load is None:
                             continue
-                        row = _point(server, load, model, served, batching, protocol + suffix, concurrency, streams, seconds,
-                                     workdir, rows_per_request)
+                        try:
+                            row = _point(server, load, model, served, batching, protocol + suffix, concurrency, streams,
+                                         seconds, workdir, rows_per_request)
+                        except Exception as exc:
+                            if not suffix:
+                                raise
+                            failed.add(suffix)
+                            print(f"{OTHERS[suffix]} failed at {name} {protocol} {concurrency}: {exc!r}; its log: "
+                                  f"{getattr(server, 'log_path', '-')}; its remaining points are left out", flush=True)
+                            continue
                         print(format_row(row), flush=True)
                         results.append(row)
     return results
@@ -654,7 +664,7 @@ def main(argv=None) -> int:
                 if args.baseline:
                     servers[BASELINE] = Server(cache, names, Path(tmp) / "baseline", transport, Path(args.baseline).resolve())
                 if not transport and peer_models:
-                    servers[PYTRITON] = triton_peer.TritonPeer(pytriton_python, cache, peer_models, Path(tmp) / "pytriton")
+                    servers[PYTRITON] = triton_peer.TritonPeer(pytriton_python, cache, peer_models, out / "pytriton")  # its log stays
                 if not transport and ceiling:
                     servers[CEILING] = Ceiling(servers[""], Path(tmp))
                 closed = sweep(servers, names, wanted, seconds, Path(tmp))
