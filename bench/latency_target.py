@@ -17,6 +17,9 @@ bench/run.py). For REST and gRPC:
 Points of 1 and 3 run in ROUNDS rounds, the configurations in turn, each for 2/ROUNDS of
 --seconds, and report the medians of their rounds: this host's noise moves a single point
 by 2x within minutes, which one pass would take for a difference between configurations.
+With --noise-floor the server also serves a copy of the 0 ms and of the target
+configuration under other names, run in the same rounds: how far two identical
+configurations land apart at each open-loop point is the smallest difference the run can tell.
 """
 import argparse
 import json
@@ -40,18 +43,23 @@ FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 ROUNDS = 3
 
 
-def configurations(model: str) -> dict[str, dict | None]:
+COPIES = ("t0", "target")  # the configurations --noise-floor serves twice, the copy as NAME_copy
+
+
+def configurations(model: str, copies: bool = False) -> dict[str, dict | None]:
     """Served name -> its batching section (None: no batching)."""
     base = {k: v for k, v in MODELS[model].batching.items() if k != "batch_timeout_micros"}
     configs: dict[str, dict | None] = {f"{model}_nobatch": None}
     configs.update({f"{model}_t{t}": {**base, "batch_timeout_micros": t} for t in TIMEOUTS_US})
     configs[f"{model}_target"] = {**base, "target_latency_ms": TARGET_MS}
+    if copies:
+        configs.update({f"{model}_{kind}_copy": configs[f"{model}_{kind}"] for kind in COPIES})
     return configs
 
 
-def serve(cache: Path, model: str, workdir: Path) -> FastserveProcess:
+def serve(cache: Path, model: str, workdir: Path, copies: bool) -> FastserveProcess:
     models = [{"name": name, "base_path": str(cache / model), **({"batching": batching} if batching else {})}
-              for name, batching in configurations(model).items()]
+              for name, batching in configurations(model, copies).items()]
     return FastserveProcess({"models": models}, workdir)
 
 
@@ -104,6 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "latency_target"))
     p.add_argument("--cache", help="where exported models are kept (default bench/results/models)")
+    p.add_argument("--noise-floor", action="store_true", help="also run copies of the 0 ms and target configurations "
+                                                              "(how far identical ones land apart)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -115,14 +125,14 @@ def main(argv=None) -> int:
     for model in names:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            server = serve(cache, model, work)
+            server = serve(cache, model, work, args.noise_floor)
             try:
                 for protocol in protocols:
-                    configs = configurations(model)
+                    configs = configurations(model, args.noise_floor)
                     single = one_client(server, model, protocol, rounds_seconds, work)
                     connections, streams = OPEN_LOOP[protocol]
                     closed = {served: point(server, model, served, protocol, args.seconds, work, connections, streams)
-                              for served in configs}
+                              for served in configs if not served.endswith("_copy")}
                     capacity = max(r["requests_per_s"] for r in closed.values())
                     row = {"model": model, "protocol": protocol, "one_client": single, "closed": closed, "capacity": capacity,
                            "open": {}}
@@ -133,7 +143,7 @@ def main(argv=None) -> int:
                     for fraction in FRACTIONS:
                         row["open"][fraction] = open_loop(server, model, protocol, batched, fraction * capacity, rounds_seconds,
                                                           work)
-                        print(f"  {fraction:.0%}: " + ", ".join(f"{s.split('_')[-1]} p99 {r['p99_ms']:.1f}"
+                        print(f"  {fraction:.0%}: " + ", ".join(f"{s.removeprefix(model + '_')} p99 {r['p99_ms']:.1f}"
                                                                for s, r in row["open"][fraction].items()), flush=True)
                     results.append(row)
             finally:
@@ -162,6 +172,11 @@ def markdown(results: list[dict]) -> str:
             cells = [_cell(r, offered) for r in [*fixed, target]]
             lines.append(f"| {model} | {row['protocol']} | {fraction:.0%} of {row['capacity']:,.0f}/s | " + " | ".join(cells)
                          + f" | {'yes' if holds else 'no'} |")
+    floor = [_noise(row, fraction, points) for row in results for fraction, points in row["open"].items()
+             if f"{row['model']}_t0_copy" in points]
+    if floor:
+        lines += ["", "Noise floor: identical configurations under two names, same rounds (requests/s achieved, p99 ms)", "",
+                  "| model | protocol | load | 0 ms | its copy | target | its copy |", "|---|---|---|---|---|---|---|", *floor]
     lines += ["", f"One client, closed loop: p50 / p99 ms (medians of {ROUNDS} alternating rounds)", "",
               "| model | protocol | no batching | target | ratio (median of the rounds' p50 ratios) |", "|---|---|---|---|---|"]
     for row in results:
@@ -169,6 +184,12 @@ def markdown(results: list[dict]) -> str:
         lines.append(f"| {row['model']} | {row['protocol']} | {nobatch['p50_ms']:.2f} / {nobatch['p99_ms']:.2f} | "
                      f"{target['p50_ms']:.2f} / {target['p99_ms']:.2f} | {row['one_client']['ratio']:.2f}x |")
     return "\n".join(lines)
+
+
+def _noise(row: dict, fraction: float, points: dict) -> str:
+    cells = [f"{r['requests_per_s']:,.0f}/s, {r['p99_ms']:.1f}"
+             for kind in COPIES for r in (points[f"{row['model']}_{kind}"], points[f"{row['model']}_{kind}_copy"])]
+    return f"| {row['model']} | {row['protocol']} | {fraction:.0%} | " + " | ".join(cells) + " |"
 
 
 def _cell(result: dict, offered: float) -> str:
