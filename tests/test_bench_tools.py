@@ -67,3 +67,31 @@ def test_ceiling_answers_every_call_from_cpp(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
+
+
+def test_a_peer_that_fails_a_point_is_left_out_and_the_sweep_goes_on(monkeypatch, capsys):
+    import run
+
+    class Fake:
+        log_path = "peer.log"
+
+        def __init__(self, fails: bool):
+            self.fails, self.points = fails, 0
+
+        def load(self, model, served, batching, protocol, rows):
+            return run.Load("http://127.0.0.1:1/", [b"{}"], False) if batching else None
+
+    def point(server, load, model, served, batching, protocol, concurrency, *rest):
+        server.points += 1
+        if server.fails:
+            raise ConnectionRefusedError("gone")
+        return run.Row(model.name, protocol, batching, concurrency, 1.0, 1.0, 1.0, 1.0, 1.0, 0, None)
+
+    monkeypatch.setattr(run, "_point", point)
+    monkeypatch.setitem(run.MODELS, "half_plus_two", run.BenchModel(
+        "half_plus_two", "x", None, {}, (1, 8, 64), None, (1,), grpc_multiplexed=()))
+    fastserve, peer = Fake(False), Fake(True)
+    rows = run.sweep({"": fastserve, run.PYTRITON: peer}, ["half_plus_two"], ["rest"], 1, Path("."))
+    assert [r.concurrency for r in rows] == [1, 8, 64] and fastserve.points == 3
+    assert peer.points == 1  # not asked again after its failure
+    assert "PyTriton failed at half_plus_two rest 1" in capsys.readouterr().out
