@@ -168,8 +168,8 @@ cdef void _free_slots(object capsule) noexcept:
     free(PyCapsule_GetPointer(capsule, NULL))
 
 
-cdef inline const char* _fraction(const char* p, const char* end, uint64_t* mantissa) noexcept nogil:
-    """Past the digits at p, eight at a time while eight follow, adding each to the mantissa
+cdef inline const char* _read_digits(const char* p, const char* end, uint64_t* mantissa) noexcept nogil:
+    """The end of the digits at p, read eight at a time while eight follow, each added to the mantissa
     (modulo 2^64: the caller uses it only when it has at most 19 significant digits)."""
     cdef int64_t eight
     while end - p >= 8:
@@ -206,14 +206,14 @@ cdef int _number(_Parser* s) noexcept nogil:
     if p[0] == b'0':
         p += 1
     elif b'1' <= p[0] <= b'9':
-        p = _fraction(p, s.end, &mantissa)
+        p = _read_digits(p, s.end, &mantissa)
     else:
         return -1
     integer_digits = p - digits
     if p[0] == b'.':
         p += 1
         digits = p
-        p = _fraction(p, s.end, &mantissa)
+        p = _read_digits(p, s.end, &mantissa)
         fraction_digits = p - digits
         if fraction_digits == 0:
             return -1
