@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import signal
 import subprocess
@@ -367,6 +368,7 @@ class Row:
     offered_per_s: float | None = None  # open loop: the fixed arrival rate ...
     offered_fraction: float | None = None  # ... as a fraction of the closed loop's most requests/s
     cpu_us_per_request: dict = field(default_factory=dict)  # the server's, by thread role (bench/thread_cpu.py)
+    client_cpu_us_per_request: float = 0.0  # the load generator's (wrk, h2load), on the same cores
 
 
 def sweep(servers: dict, names, protocols, default_seconds: float, workdir: Path, rows_per_request: int = 1) -> list[Row]:
@@ -436,7 +438,7 @@ def _point(server, load: Load, model: BenchModel, served: str, batching: bool, p
     batches_before = server.batch_counts(served)
     if load.check:
         load.check()
-    cpu_before = thread_cpu.sample(server.pids())
+    cpu_before, client_before = thread_cpu.sample(server.pids()), _children_cpu()
     if rate:
         stats = run_h2load(load.url, load.bodies[0], GRPC_HEADERS if load.grpc else JSON_HEADERS, concurrency, seconds, workdir,
                            streams, rate=rate, h1=not load.grpc)
@@ -445,6 +447,7 @@ def _point(server, load: Load, model: BenchModel, served: str, batching: bool, p
     else:
         stats = run_wrk(load.url, load.bodies, concurrency, seconds, workdir)
     cpu = thread_cpu.by_role(cpu_before, thread_cpu.sample(server.pids()), server.role)
+    client = _children_cpu() - client_before
     if load.check:
         load.check()  # still answering right after the load
     batches_after = server.batch_counts(served)
@@ -454,7 +457,14 @@ def _point(server, load: Load, model: BenchModel, served: str, batching: bool, p
     requests = max(1, stats["requests"])
     return Row(model.name, protocol, batching, concurrency, stats["requests_per_s"], stats["requests_per_s"] * rows_per_request,
                stats["p50_ms"], stats["p90_ms"], stats["p99_ms"], stats["errors"], mean_batch, streams, offered_per_s=rate,
-               cpu_us_per_request={role: seconds * 1e6 / requests for role, seconds in cpu.items()})
+               cpu_us_per_request={role: seconds * 1e6 / requests for role, seconds in cpu.items()},
+               client_cpu_us_per_request=client * 1e6 / requests)
+
+
+def _children_cpu() -> float:
+    """CPU seconds of this process's finished children: the load generators, which each point waits for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def format_row(r: Row) -> str:
@@ -478,12 +488,12 @@ def point_label(r: Row) -> str:
 
 def cpu_table(rows: list[Row]) -> list[str]:
     roles = [role for role in thread_cpu.ROLES if any(role in r.cpu_us_per_request for r in rows)]
-    lines = ["| model | protocol | batching | point | total | " + " | ".join(roles) + " |",
-             "|---|---|---|---:|---:|" + "---:|" * len(roles)]
+    lines = ["| model | protocol | batching | point | total | " + " | ".join(roles) + " | load generator (not in total) |",
+             "|---|---|---|---:|---:|" + "---:|" * len(roles) + "---:|"]
     for r in rows:
         cells = [f"{r.cpu_us_per_request[role]:,.0f}" if role in r.cpu_us_per_request else "-" for role in roles]
         lines.append(f"| {r.model} | {r.protocol} | {'on' if r.batching else 'off'} | {point_label(r)} | "
-                     f"{sum(r.cpu_us_per_request.values()):,.0f} | " + " | ".join(cells) + " |")
+                     f"{sum(r.cpu_us_per_request.values()):,.0f} | " + " | ".join(cells) + f" | {r.client_cpu_us_per_request:,.0f} |")
     return lines
 
 
