@@ -121,6 +121,10 @@ enum class TagKind { kNew, kRead, kWrite, kFinish, kDone, kSend };
 
 constexpr size_t kStreamWindow = 64;  // messages of one stream with Python at once
 constexpr int kMore = -1;             // a reply status: one of a stream message's answers, more follow
+// Calls requested from gRPC ahead of their arrival. A call that arrives while none is requested
+// waits unmatched in gRPC core, and a shutdown then kills it (the client sees CANCELLED, not a
+// drain); with several requested, concurrent arrivals are each matched at once.
+constexpr int kRequestedCalls = 32;
 
 // The answers to one message of a stream, written in order; complete once Python says so.
 struct Answers {
@@ -458,7 +462,7 @@ class Server {
       listeners_.Stop();
       return "cannot start the gRPC server on " + Join(addresses_);
     }
-    RequestNext();
+    for (int i = 0; i < kRequestedCalls; ++i) RequestNext();  // each arrival then requests the next
     thread_ = std::thread([this] { Run(); });
     listeners_.Start(std::move(tcp), std::move(local));
     return "";
